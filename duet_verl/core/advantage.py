@@ -1,0 +1,179 @@
+"""GRPO group advantage with DUET's importance weights and abort masking (SPEC §4). Torch in, torch out.
+
+Rows are rollouts, shaped like verl's estimators: ``token_level_rewards`` and ``response_mask`` are
+(B, T) and ``index`` holds each rollout's prompt/group id. Per rollout:
+
+* **valid** rows are those neither aborted nor padding. Group mean/std are taken over the valid rows
+  of each group, on the unweighted scores (std with Bessel's correction, as verl's GRPO).
+* A group with a single valid rollout has no within-group baseline. ``singleton="zero"`` (default)
+  gives it advantage 0; ``singleton="raw"`` keeps its raw score, as stock verl GRPO does.
+* Weight ``w = 1 / p_pre``, times ``1 / eps_abort`` for ε-kept rollouts, clamped to ``max_weight``;
+  optionally self-normalised to mean 1 over valid rows (SNIPS).
+* Advantages and returns are ``w * A`` broadcast over valid tokens; aborted and padding rows get
+  advantage 0 and response mask 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "WeightedAdvantage",
+    "duet_advantage",
+    "effective_sample_size",
+    "group_ids_to_int",
+    "grpo_group_advantage",
+    "importance_weights",
+    "normalize_weights",
+]
+
+SINGLETON_RULES = ("zero", "raw")
+
+
+def group_ids_to_int(index: Sequence | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Dense integer group ids (0..K-1) for arbitrary hashable ids (strings, ints)."""
+    if isinstance(index, torch.Tensor):
+        return torch.unique(index, return_inverse=True)[1]
+    arr = np.asarray(index, dtype=object).ravel()
+    _, inverse = np.unique(arr.astype(str), return_inverse=True)
+    return torch.as_tensor(inverse, dtype=torch.long)
+
+
+def grpo_group_advantage(
+    scores: torch.Tensor,
+    index: Sequence | np.ndarray | torch.Tensor,
+    valid: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    norm_by_std: bool = True,
+    singleton: str = "zero",
+) -> torch.Tensor:
+    """Scalar GRPO advantage per rollout: ``(r - mean_group) / (std_group + eps)`` over valid rows.
+
+    Invalid rows get 0. ``singleton`` decides what a group with one valid rollout gets (see module doc).
+    """
+    if singleton not in SINGLETON_RULES:
+        raise ValueError(f"singleton must be one of {SINGLETON_RULES}, got {singleton!r}")
+    scores = scores.to(torch.float64)
+    size = scores.shape[0]
+    groups = group_ids_to_int(index).to(scores.device)
+    if groups.shape[0] != size:
+        raise ValueError(f"index has {groups.shape[0]} entries for {size} rollouts")
+    valid = torch.ones(size, dtype=torch.bool, device=scores.device) if valid is None else valid.to(torch.bool)
+    num_groups = int(groups.max().item()) + 1 if size else 0
+    v = valid.to(torch.float64)
+    count = torch.zeros(num_groups, dtype=torch.float64, device=scores.device).index_add_(0, groups, v)
+    total = torch.zeros_like(count).index_add_(0, groups, scores * v)
+    mean = total / count.clamp(min=1)
+    sq = torch.zeros_like(count).index_add_(0, groups, (scores - mean[groups]) ** 2 * v)
+    std = torch.sqrt(sq / (count - 1).clamp(min=1))
+    adv = scores - mean[groups]
+    if norm_by_std:
+        adv = adv / (std[groups] + eps)
+    single = count[groups] == 1
+    adv = torch.where(single, scores if singleton == "raw" else torch.zeros_like(scores), adv)
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def importance_weights(
+    p_pre: torch.Tensor,
+    eps_kept: torch.Tensor,
+    eps_abort: float,
+    max_weight: float = 1000.0,
+    self_normalize: bool = False,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``w = clamp(1 / p_pre * (1 / eps_abort if eps_kept else 1), max=max_weight)``; 0 on invalid rows."""
+    if not (0.0 < eps_abort <= 1.0):
+        raise ValueError(f"eps_abort must be in (0, 1], got {eps_abort!r}")
+    if not max_weight >= 1.0:
+        raise ValueError(f"max_weight must be >= 1, got {max_weight!r}")
+    p_pre = p_pre.to(torch.float64)
+    if torch.any(~torch.isfinite(p_pre)) or torch.any(p_pre <= 0):
+        raise ValueError("p_pre must be finite and > 0")
+    w = (1.0 / p_pre) * torch.where(eps_kept.to(torch.bool), 1.0 / eps_abort, 1.0)
+    w = w.clamp(max=max_weight)
+    if valid is not None:
+        w = torch.where(valid.to(torch.bool), w, torch.zeros_like(w))
+    return normalize_weights(w, valid) if self_normalize else w
+
+
+def normalize_weights(weights: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-normalise to mean 1 over valid rows (SNIPS); all-zero weights are returned unchanged."""
+    n_valid = int(valid.sum()) if valid is not None else weights.numel()
+    total = weights.sum()
+    return weights * (n_valid / total) if total > 0 else weights
+
+
+def effective_sample_size(weights: torch.Tensor) -> float:
+    """Kish's ESS ``(sum w)^2 / sum w^2`` (0 for all-zero weights)."""
+    w = weights.to(torch.float64)
+    denom = float((w * w).sum())
+    return 0.0 if denom == 0 else float(w.sum()) ** 2 / denom
+
+
+@dataclass(frozen=True)
+class WeightedAdvantage:
+    """Output of :func:`duet_advantage`."""
+
+    advantages: torch.Tensor  # (B, T), weighted and masked
+    returns: torch.Tensor  # (B, T), same as advantages (outcome supervision)
+    response_mask: torch.Tensor  # (B, T), zero on aborted/padding rows
+    scalar_advantages: torch.Tensor  # (B,), w * A per rollout
+    weights: torch.Tensor  # (B,), 0 on invalid rows
+    metrics: dict[str, float]
+
+
+def duet_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Sequence | np.ndarray | torch.Tensor,
+    p_pre: torch.Tensor | None = None,
+    eps_kept: torch.Tensor | None = None,
+    aborted: torch.Tensor | None = None,
+    padding: torch.Tensor | None = None,
+    eps_abort: float = 0.05,
+    max_weight: float = 1000.0,
+    self_normalize: bool = False,
+    norm_by_std: bool = True,
+    eps: float = 1e-6,
+    singleton: str = "zero",
+) -> WeightedAdvantage:
+    """DUET's weighted, abort-masked GRPO advantage. Missing per-rollout fields default to the GRPO case."""
+    if token_level_rewards.shape != response_mask.shape or token_level_rewards.dim() != 2:
+        raise ValueError(
+            f"token_level_rewards {tuple(token_level_rewards.shape)} and response_mask "
+            f"{tuple(response_mask.shape)} must be the same (B, T) shape"
+        )
+    size, device = token_level_rewards.shape[0], token_level_rewards.device
+
+    def flag(x: torch.Tensor | None) -> torch.Tensor:
+        return torch.zeros(size, dtype=torch.bool, device=device) if x is None else x.to(device, torch.bool).view(-1)
+
+    aborted_, padding_, kept_ = flag(aborted), flag(padding), flag(eps_kept)
+    valid = ~(aborted_ | padding_)
+    p = torch.ones(size, dtype=torch.float64, device=device) if p_pre is None else p_pre.to(device).view(-1)
+    mask = response_mask.to(torch.float64)
+    scores = (token_level_rewards.to(torch.float64) * mask).sum(dim=-1)
+    adv = grpo_group_advantage(scores, index, valid, eps=eps, norm_by_std=norm_by_std, singleton=singleton)
+    w = importance_weights(p, kept_, eps_abort, max_weight, valid=valid)
+    clamped = float((w[valid] >= max_weight).to(torch.float64).mean()) if bool(valid.any()) else 0.0
+    if self_normalize:
+        w = normalize_weights(w, valid)
+    scalar = w * adv
+    new_mask = response_mask * valid.unsqueeze(-1).to(response_mask.dtype)
+    token_adv = (scalar.unsqueeze(-1) * new_mask.to(torch.float64)).to(token_level_rewards.dtype)
+    n_valid = int(valid.sum())
+    valid_w = w[valid]
+    metrics = {
+        "ess": effective_sample_size(valid_w),
+        "ess_fraction": effective_sample_size(valid_w) / n_valid if n_valid else 0.0,
+        "max_weight": float(valid_w.max()) if n_valid else 0.0,
+        "mean_weight": float(valid_w.mean()) if n_valid else 0.0,
+        "clamped_fraction": clamped,
+        "valid_fraction": n_valid / size if size else 0.0,
+    }
+    return WeightedAdvantage(token_adv, token_adv.clone(), new_mask, scalar, w, metrics)

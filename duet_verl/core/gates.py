@@ -1,0 +1,131 @@
+"""Length gates K1/K2 and per-prompt stop thresholds (SPEC §3)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+__all__ = ["THRESHOLD_MODES", "GateEstimator", "stop_thresholds"]
+
+
+class GateEstimator:
+    """K1/K2 from percentiles of recent kept rollout lengths, refreshed every ``update_every`` steps.
+
+    Starts at ``k1 = k1_init * cap`` and ``k2 = k2_init * cap``. Every ``update_every`` calls of
+    :meth:`step`, once ``min_samples`` lengths are known, sets K1/K2 to the ``q1``/``q2`` quantiles of the
+    window, with ``K1 >= k1_floor``, ``K2 >= K1 + min_gap`` and both ``<= cap``.
+    """
+
+    def __init__(
+        self,
+        cap: int,
+        k1_init: float = 0.3,
+        k2_init: float = 0.7,
+        q1: float = 0.3,
+        q2: float = 0.8,
+        window: int = 1024,
+        update_every: int = 10,
+        min_samples: int = 32,
+        k1_floor: int = 32,
+        min_gap: int = 50,
+    ):
+        if not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"cap must be a positive integer, got {cap!r}")
+        for name, value in (("k1_init", k1_init), ("k2_init", k2_init), ("q1", q1), ("q2", q2)):
+            if not (0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if k1_init > k2_init:
+            raise ValueError(f"k1_init ({k1_init}) must not exceed k2_init ({k2_init})")
+        if q1 > q2:
+            raise ValueError(f"q1 ({q1}) must not exceed q2 ({q2})")
+        for name, value in (("window", window), ("update_every", update_every), ("min_samples", min_samples)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.cap, self.q1, self.q2 = cap, q1, q2
+        self.update_every, self.min_samples = update_every, min_samples
+        self.k1_floor, self.min_gap = k1_floor, min_gap
+        self.k1 = int(k1_init * cap)
+        self.k2 = int(k2_init * cap)
+        self._lengths: deque[int] = deque(maxlen=window)
+        self._steps = 0
+
+    def observe(self, kept_lengths) -> None:
+        """Record lengths of kept (not aborted) rollouts."""
+        self._lengths.extend(int(x) for x in np.asarray(kept_lengths).ravel())
+
+    def step(self) -> bool:
+        """Call once per training step; returns True when the gates were re-estimated."""
+        self._steps += 1
+        if self._steps % self.update_every or len(self._lengths) < self.min_samples:
+            return False
+        lengths = np.fromiter(self._lengths, dtype=np.float64)
+        k1 = min(max(int(np.quantile(lengths, self.q1)), self.k1_floor), self.cap)
+        k2 = min(max(int(np.quantile(lengths, self.q2)), k1 + self.min_gap), self.cap)
+        self.k1, self.k2 = k1, k2
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state."""
+        return {"k1": self.k1, "k2": self.k2, "steps": self._steps, "lengths": list(self._lengths)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.k1, self.k2, self._steps = int(state["k1"]), int(state["k2"]), int(state["steps"])
+        self._lengths.clear()
+        self._lengths.extend(int(x) for x in state["lengths"])
+
+
+def _rank01(values: np.ndarray) -> np.ndarray:
+    """Average ranks scaled to [0, 1] (ties share their mean rank)."""
+    order = np.argsort(values, kind="stable")
+    sorted_vals = values[order]
+    ranks = np.empty(values.size, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_vals[1:] != sorted_vals[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    mean_rank = (starts + ends - 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks / (values.size - 1)
+
+
+def _minmax01(values: np.ndarray) -> np.ndarray:
+    span = values.max() - values.min()
+    return np.full(values.size, 0.5) if span <= 0 else (values - values.min()) / span
+
+
+THRESHOLD_MODES = ("batch_percentile", "linear", "log_scale")
+
+
+def stop_thresholds(
+    scores: np.ndarray,
+    expected_lengths: np.ndarray,
+    mode: str = "batch_percentile",
+    low: float = 0.5,
+    high: float = 0.99,
+) -> np.ndarray:
+    """Per-prompt confidence thresholds from the info-rate ``s^2 / L``: more informative → higher threshold.
+
+    Modes: ``batch_percentile`` (rank within the batch), ``linear`` (min-max of the rate),
+    ``log_scale`` (min-max of its log). A batch of one prompt, or all-equal rates, gets the midpoint.
+    """
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+    if not (0.0 <= low <= high <= 1.0):
+        raise ValueError(f"need 0 <= low <= high <= 1, got low={low!r}, high={high!r}")
+    s = np.asarray(scores, dtype=np.float64)
+    lengths = np.asarray(expected_lengths, dtype=np.float64)
+    if s.ndim != 1 or s.shape != lengths.shape or s.size == 0:
+        raise ValueError(f"scores and expected_lengths must be equal-length 1-D arrays, got {s.shape}, {lengths.shape}")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(lengths)) and np.all(lengths > 0) and np.all(s >= 0)):
+        raise ValueError("scores must be finite >= 0 and expected_lengths finite > 0")
+    rate = s * s / lengths
+    if s.size == 1 or np.all(rate == rate[0]):
+        return np.full(s.size, 0.5 * (low + high))
+    if mode == "batch_percentile":
+        unit = _rank01(rate)
+    elif mode == "linear":
+        unit = _minmax01(rate)
+    else:
+        unit = _minmax01(np.log(np.maximum(rate, np.finfo(np.float64).tiny)))
+    return low + (high - low) * unit

@@ -1,0 +1,261 @@
+"""The per-rollout stop/abort state machine (SPEC §3), engine-agnostic.
+
+A rollout server creates one :class:`StopAbortMonitor` per request from a :class:`StopRuleConfig`
+(a plain dict travels in ``sampling_params["extra_args"]``) and calls :meth:`StopAbortMonitor.on_token`
+for every generated token with its decoded text and the top-k log-probabilities of the distribution
+it was sampled from. The return value says whether to continue, to stop as if EOS had been emitted,
+or to abort. When generation ends on its own the server calls :meth:`StopAbortMonitor.finish`.
+
+Phases, with ``t`` the number of tokens generated so far:
+
+* ``t < min_tokens``: nothing happens.
+* **A** (from ``max(min_tokens, k1)``): every ``check_every`` tokens the text generated since the
+  last check is fed to the marker detectors (each character is scanned once in the whole rollout).
+* **B** (marker seen): the confidence signal is compared with this rollout's threshold; after
+  ``hysteresis`` consecutive tokens above it the rollout stops, except with probability ``eps_len``,
+  in which case it is left to run to its natural end with no further stopping (length exploration).
+* **C** (no marker at ``k2 + grace``): one last marker check; if still none, abort with probability
+  ``1 - eps_abort``, otherwise keep the rollout to its natural end (``eps_kept``, importance weight
+  ``1 / eps_abort``).
+
+Markers are recognised wherever they appear in the response, not only in a trailing window, and the
+recorded ``marker_at`` is the check at which the marker was first noticed (granularity ``check_every``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum, IntEnum
+from typing import Any
+
+from duet_verl.core.markers import MarkerSpec, build_detectors
+from duet_verl.core.rng import RolloutRandom
+from duet_verl.core.signals import SIGNALS
+
+__all__ = ["Action", "MonitorRecord", "Outcome", "StopAbortMonitor", "StopRuleConfig"]
+
+
+class Action(IntEnum):
+    """What the server should do after a token."""
+
+    CONTINUE = 0
+    STOP = 1  # end the rollout as if EOS had been emitted
+    ABORT = 2  # end the rollout; it is dropped from the gradient
+
+
+class Outcome(str, Enum):
+    """How a rollout ended."""
+
+    RUNNING = "running"
+    STOPPED_AFTER_MARKER = "stopped_after_marker"
+    ABORTED = "aborted"
+    EPS_KEPT = "eps_kept"
+    NATURAL_EOS = "natural_eos"
+    LENGTH_CAP = "length_cap"
+
+
+@dataclass(frozen=True)
+class StopRuleConfig:
+    """Everything one rollout's monitor needs. Defaults are the paper's.
+
+    Attributes:
+        k1, k2: gates (tokens): marker search from ``k1``; abort decision at ``k2 + grace``.
+        threshold: this prompt's confidence threshold for the stop.
+        seed: per-rollout seed (see :func:`duet_verl.core.rng.rollout_seed`).
+    """
+
+    k1: int
+    k2: int
+    threshold: float
+    seed: int
+    min_tokens: int = 200
+    grace: int = 150
+    check_every: int = 8
+    hysteresis: int = 5
+    signal: str = "margin"
+    eps_len: float = 0.05
+    eps_abort: float = 0.05
+    markers: MarkerSpec = field(default_factory=MarkerSpec)
+
+    def __post_init__(self):
+        for name in ("k1", "k2", "min_tokens", "grace"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("check_every", "hysteresis"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.k2 < self.k1:
+            raise ValueError(f"k2 ({self.k2}) must be >= k1 ({self.k1})")
+        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {sorted(SIGNALS)}, got {self.signal!r}")
+        for name in ("eps_len", "eps_abort"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form for ``sampling_params["extra_args"]``."""
+        out = asdict(self)
+        out["markers"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["markers"].items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRuleConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        data = dict(data)
+        markers = data.pop("markers", None)
+        if markers is not None and not isinstance(markers, MarkerSpec):
+            markers = MarkerSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in markers.items()})
+            data["markers"] = markers
+        elif markers is not None:
+            data["markers"] = markers
+        return cls(**data)
+
+
+@dataclass
+class MonitorRecord:
+    """What the trainer learns about a rollout: outcome, length and where things happened."""
+
+    outcome: Outcome = Outcome.RUNNING
+    length: int = 0
+    marker_at: int | None = None
+    ended_at: int | None = None
+    length_explored: bool = False  # a stop was skipped with probability eps_len
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (outcome as its string value)."""
+        out = asdict(self)
+        out["outcome"] = self.outcome.value
+        return out
+
+
+_CONTINUE = Action.CONTINUE
+_SCANNING, _ARMED, _FREE = 0, 1, 2  # phase A (and before), phase B, no further decisions
+
+
+class StopAbortMonitor:
+    """One rollout's stop/abort state machine. Not thread-safe; one instance per request."""
+
+    __slots__ = (
+        "config",
+        "record",
+        "_t",
+        "_pending",
+        "_detectors",
+        "_next_check",
+        "_deadline",
+        "_mode",
+        "_streak",
+        "_threshold",
+        "_log_threshold",
+        "_hysteresis",
+        "_signal",
+        "_rng",
+    )
+
+    def __init__(self, config: StopRuleConfig):
+        self.config = config
+        self.record = MonitorRecord()
+        self._t = 0
+        self._pending: list[str] = []
+        self._detectors = build_detectors(config.markers)
+        self._next_check = max(config.min_tokens, config.k1, 1)
+        self._deadline = max(config.k2 + config.grace, config.min_tokens, 1)
+        self._mode = _SCANNING
+        self._streak = 0
+        self._threshold = config.threshold
+        self._log_threshold = math.log(config.threshold) if config.threshold > 0 else -math.inf
+        self._hysteresis = config.hysteresis
+        self._signal = None if config.signal == "margin" else SIGNALS[config.signal]
+        self._rng = RolloutRandom(config.seed)
+
+    @property
+    def done(self) -> bool:
+        """True once the monitor has decided to stop or abort (no more tokens expected)."""
+        return self.record.outcome in (Outcome.STOPPED_AFTER_MARKER, Outcome.ABORTED)
+
+    def on_token(self, text: str, top_logprobs: Sequence[float]) -> Action:
+        """Advance by one generated token. ``top_logprobs`` are in descending order (at least one)."""
+        self._t += 1
+        mode = self._mode
+        if mode == _ARMED:
+            if self._signal is None:  # margin, inlined: p1 - p2 <= p1, so p1 <= threshold needs no second exp
+                lp = top_logprobs
+                if lp[0] <= self._log_threshold:
+                    self._streak = 0
+                    return _CONTINUE
+                value = math.exp(lp[0]) - math.exp(lp[1]) if len(lp) > 1 else math.exp(lp[0])
+            else:
+                value = self._signal(top_logprobs)
+            if value <= self._threshold:
+                self._streak = 0
+                return _CONTINUE
+            self._streak += 1
+            if self._streak < self._hysteresis:
+                return _CONTINUE
+            return self._confident_stop()
+        if mode == _FREE:
+            return _CONTINUE
+        self._pending.append(text)
+        if self._t < self._next_check:
+            return _CONTINUE
+        return self._checkpoint()
+
+    def on_tokens(self, texts: Sequence[str], top_logprobs: Sequence[Sequence[float]]) -> tuple[Action, int]:
+        """Advance by several tokens; returns the first non-continue action and how many tokens were consumed."""
+        for i, (text, lps) in enumerate(zip(texts, top_logprobs, strict=True)):
+            action = self.on_token(text, lps)
+            if action is not Action.CONTINUE:
+                return action, i + 1
+        return Action.CONTINUE, len(texts)
+
+    def finish(self, length_capped: bool = False) -> MonitorRecord:
+        """Generation ended by itself (EOS or the length cap). Returns the final record."""
+        rec = self.record
+        rec.length = self._t
+        if rec.outcome is Outcome.RUNNING:
+            rec.outcome = Outcome.LENGTH_CAP if length_capped else Outcome.NATURAL_EOS
+        if rec.ended_at is None:
+            rec.ended_at = self._t
+        return rec
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _scan_pending(self) -> bool:
+        text = "".join(self._pending)
+        self._pending.clear()
+        return any(detector.feed(text) for detector in self._detectors)
+
+    def _checkpoint(self) -> Action:
+        cfg = self.config
+        if self._scan_pending():
+            self._mode = _ARMED
+            self.record.marker_at = self._t
+            return Action.CONTINUE
+        if self._t >= self._deadline:  # phase C: no marker by k2 + grace
+            if self._rng.uniform() < cfg.eps_abort:
+                self.record.outcome = Outcome.EPS_KEPT
+                self._mode = _FREE
+                return Action.CONTINUE
+            return self._end(Outcome.ABORTED, Action.ABORT)
+        self._next_check = min(self._t + cfg.check_every, self._deadline)
+        return Action.CONTINUE
+
+    def _confident_stop(self) -> Action:
+        if self._rng.uniform() < self.config.eps_len:
+            self.record.length_explored = True
+            self._mode = _FREE
+            return Action.CONTINUE
+        return self._end(Outcome.STOPPED_AFTER_MARKER, Action.STOP)
+
+    def _end(self, outcome: Outcome, action: Action) -> Action:
+        rec = self.record
+        rec.outcome = outcome
+        rec.length = rec.ended_at = self._t
+        self._mode = _FREE
+        return action

@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duet_verl.core.allocator import allocate_rollouts, token_budget
+
+
+def _batch(draw_seed: int, m: int):
+    rng = np.random.default_rng(draw_seed)
+    scores = rng.gamma(shape=rng.uniform(0.3, 3.0), scale=1.0, size=m)
+    scores[rng.random(m) < 0.1] = 0.0  # some zero-information prompts
+    lengths = rng.uniform(16, 3072, size=m)
+    return scores, lengths
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    m=st.integers(1, 300),
+    fraction=st.floats(0.13, 1.0),
+    group=st.integers(1, 16),
+    n_min=st.integers(1, 3),
+    n_max=st.integers(3, 32),
+)
+def test_budget_never_exceeded_and_bounds_hold(seed, m, fraction, group, n_min, n_max):
+    scores, lengths = _batch(seed, m)
+    budget = token_budget(lengths, group, fraction)
+    try:
+        alloc = allocate_rollouts(scores, lengths, budget, n_min=n_min, n_max=n_max)
+    except ValueError as err:  # only an infeasible budget may be refused
+        assert "budget" in str(err)
+        assert budget <= n_min * lengths.sum() * (1 + 1e-12)
+        return
+    assert alloc.n.dtype == np.int64 and alloc.n.shape == (m,)
+    assert np.all(alloc.n >= n_min) and np.all(alloc.n <= n_max)
+    assert alloc.spent == pytest.approx(float(alloc.n @ lengths))
+    assert alloc.spent <= budget
+    assert np.all((alloc.p_pre >= 0.05) & (alloc.p_pre <= 1.0))
+    # zero-score prompts never get more than a positive-score prompt of the same or shorter length
+    zero = scores == 0
+    if zero.any():
+        assert np.all(alloc.n[zero] == n_min) or np.all(scores == 0)
+
+
+def test_closed_form_neyman_optimum_without_clipping():
+    # equal lengths: n_q proportional to s_q; budget chosen so the continuous optimum is integral
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    lengths = np.full(4, 100.0)
+    alloc = allocate_rollouts(scores, lengths, token_budget(lengths, 5, 1.0))  # B = 20 * 100
+    np.testing.assert_array_equal(alloc.n, [2, 4, 6, 8])
+    assert alloc.spent == alloc.budget and alloc.budget_error == 0.0
+    # lambda*: n = s / sqrt(lambda L)  =>  lambda = s^2 / (n^2 L) = 1/400 for every prompt
+    assert alloc.lam == pytest.approx(1 / 400, rel=0.2)
+
+
+def test_cost_weighting_uses_sqrt_length():
+    # equal scores, lengths 100 and 400: n ratio sqrt(400/100) = 2
+    scores = np.array([1.0, 1.0])
+    lengths = np.array([100.0, 400.0])
+    alloc = allocate_rollouts(scores, lengths, budget=8 * 100 + 4 * 400)
+    np.testing.assert_array_equal(alloc.n, [8, 4])
+
+
+def test_all_equal_scores_and_lengths_is_uniform():
+    lengths = np.full(64, 500.0)
+    for fraction, expected in ((1.0, 8), (0.5, 4), (0.25, 2)):
+        alloc = allocate_rollouts(np.full(64, 0.7), lengths, token_budget(lengths, 8, fraction))
+        assert np.all(alloc.n == expected)
+        assert alloc.budget_error == pytest.approx(0.0)
+        np.testing.assert_allclose(alloc.p_pre, 1.0)
+
+
+def test_all_zero_scores_is_uniform_not_degenerate():
+    lengths = np.full(10, 200.0)
+    alloc = allocate_rollouts(np.zeros(10), lengths, token_budget(lengths, 8, 0.5))
+    assert np.all(alloc.n == 4)
+
+
+def test_zero_score_gets_n_min_others_take_the_rest():
+    alloc = allocate_rollouts(np.array([0.0, 1.0, 1.0]), np.full(3, 10.0), budget=120.0, n_min=2, n_max=32)
+    assert alloc.n[0] == 2 and alloc.n[1] == alloc.n[2] == 5
+
+
+def test_ties_at_breakpoint_are_topped_up_deterministically():
+    # 3 identical-rate prompts but budget for 10 rollouts: 3,3,3 then one more to the lowest index
+    scores = np.array([1.0, 1.0, 1.0, 0.0])
+    lengths = np.full(4, 10.0)
+    alloc = allocate_rollouts(scores, lengths, budget=110.0, n_min=1, n_max=32)
+    np.testing.assert_array_equal(alloc.n, [4, 3, 3, 1])
+    assert alloc.spent == 110.0
+
+
+def test_single_prompt_and_saturation():
+    alloc = allocate_rollouts(np.array([3.0]), np.array([100.0]), budget=token_budget(np.array([100.0]), 8, 1.0))
+    assert alloc.n.tolist() == [8]
+    alloc = allocate_rollouts(np.array([1.0, 1000.0]), np.array([10.0, 10.0]), budget=10 * 40, n_max=32)
+    assert alloc.n[1] == 32 and alloc.frac_at_max == 0.5 and alloc.n[0] == 8
+
+
+def test_allocation_minimises_objective_against_local_moves():
+    rng = np.random.default_rng(3)
+    scores, lengths = rng.gamma(2.0, 1.0, 50), rng.integers(50, 500, 50).astype(float)
+    budget = token_budget(lengths, 8, 0.5)
+    alloc = allocate_rollouts(scores, lengths, budget)
+    n = alloc.n.astype(float)
+
+    def objective(k):
+        return float(np.sum(scores**2 / (k * lengths)))
+
+    base = objective(n)
+    # moving one rollout from i to j (when it fits the budget) must not reduce the objective by more than
+    # the discretisation slack of one rollout
+    for i in range(50):
+        for j in range(50):
+            if i == j or n[i] <= 1 or n[j] >= 32:
+                continue
+            k = n.copy()
+            k[i] -= 1
+            k[j] += 1
+            if k @ lengths <= budget:
+                assert objective(k) >= base * (1 - 0.05)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scores": [np.nan, 1.0]}, "scores"),
+        ({"scores": [np.inf, 1.0]}, "scores"),
+        ({"scores": [-1.0, 1.0]}, "scores"),
+        ({"scores": []}, "scores"),
+        ({"expected_lengths": [0.0, 1.0]}, "expected_lengths"),
+        ({"expected_lengths": [np.nan, 1.0]}, "expected_lengths"),
+        ({"expected_lengths": [1.0]}, "expected_lengths"),
+        ({"budget": -1.0}, "budget"),
+        ({"budget": np.inf}, "budget"),
+        ({"budget": 1.0}, "budget"),  # below the n_min floor
+        ({"n_min": 0}, "n_min"),
+        ({"n_max": 0}, "n_max"),
+        ({"n_min": 5, "n_max": 4}, "n_min"),
+        ({"eps_pre": 0.0}, "eps_pre"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
+    args = {"scores": [1.0, 2.0], "expected_lengths": [10.0, 10.0], "budget": 100.0}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        allocate_rollouts(**args)
+
+
+@pytest.mark.parametrize(
+    ("group", "fraction", "match"),
+    [(0, 0.5, "group_size"), (8, 0.0, "budget_fraction"), (8, 1.5, "budget_fraction"), (8, np.nan, "budget_fraction")],
+)
+def test_token_budget_validates(group, fraction, match):
+    with pytest.raises(ValueError, match=match):
+        token_budget(np.ones(3), group, fraction)

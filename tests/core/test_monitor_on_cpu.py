@@ -1,0 +1,178 @@
+import math
+
+import pytest
+
+from duet_verl.core.markers import MarkerSpec
+from duet_verl.core.monitor import Action, Outcome, StopAbortMonitor, StopRuleConfig
+from duet_verl.core.rng import RolloutRandom, rollout_seed
+
+CONFIDENT = [math.log(0.999), math.log(0.0005)]  # margin ~0.9985
+UNSURE = [math.log(0.5), math.log(0.4)]  # margin 0.1
+
+
+def config(**kw):
+    base = dict(
+        k1=20,
+        k2=60,
+        threshold=0.9,
+        seed=1,
+        min_tokens=10,
+        grace=10,
+        check_every=4,
+        hysteresis=3,
+        eps_len=0.0,
+        eps_abort=0.0,
+    )
+    base.update(kw)
+    return StopRuleConfig(**base)
+
+
+def run(monitor, script):
+    """script: list of (text, logprobs); returns (action, tokens consumed)."""
+    for i, (text, lps) in enumerate(script):
+        action = monitor.on_token(text, lps)
+        if action is not Action.CONTINUE:
+            return action, i + 1
+    return Action.CONTINUE, len(script)
+
+
+def test_nothing_happens_before_min_tokens_even_with_marker():
+    mon = StopAbortMonitor(config(k1=0, min_tokens=30))
+    action, used = run(mon, [("\\boxed{1}", CONFIDENT)] + [("x", CONFIDENT)] * 28)
+    assert action is Action.CONTINUE and used == 29 and mon.record.marker_at is None
+
+
+def test_phase_a_to_b_then_confident_stop_after_hysteresis():
+    mon = StopAbortMonitor(config())
+    script = [("a", UNSURE)] * 5 + [("\\boxed{12}", UNSURE)] + [("b", UNSURE)] * 14  # 20 tokens: check at k1=20
+    assert run(mon, script) == (Action.CONTINUE, 20)
+    assert mon.record.marker_at == 20
+    # armed: unsure tokens keep it going, a streak broken at 2 resets, then 3 confident in a row stop it
+    action, used = run(mon, [("c", CONFIDENT)] * 2 + [("d", UNSURE)] + [("e", CONFIDENT)] * 3)
+    assert (action, used) == (Action.STOP, 6)
+    rec = mon.record
+    assert rec.outcome is Outcome.STOPPED_AFTER_MARKER and rec.length == rec.ended_at == 26
+    assert mon.done
+
+
+def test_marker_split_across_tokens_is_found_at_next_check():
+    mon = StopAbortMonitor(config())
+    script = (
+        [("x", UNSURE)] * 18 + [("\\bo", UNSURE), ("xed{", UNSURE), ("7", UNSURE), ("}", UNSURE)] + [("z", UNSURE)] * 2
+    )
+    run(mon, script)
+    assert mon.record.marker_at == 24  # checks at 20 (opener only, unclosed) and 24
+
+
+def test_phase_c_aborts_without_marker():
+    mon = StopAbortMonitor(config())
+    action, used = run(mon, [("x", CONFIDENT)] * 100)
+    assert (action, used) == (Action.ABORT, 70)  # k2 + grace
+    assert mon.record.outcome is Outcome.ABORTED and mon.record.length == 70
+
+
+def test_last_chance_marker_check_at_deadline_prevents_abort():
+    mon = StopAbortMonitor(config())
+    script = [("x", UNSURE)] * 69 + [("\\boxed{3}", UNSURE)] + [("y", UNSURE)] * 30
+    action, used = run(mon, script)
+    assert action is Action.CONTINUE and mon.record.marker_at == 70
+    assert mon.finish().outcome is Outcome.NATURAL_EOS and mon.record.length == 100
+
+
+def test_eps_kept_runs_free_to_the_end():
+    mon = StopAbortMonitor(config(eps_abort=1.0))
+    action, used = run(mon, [("x", CONFIDENT)] * 90 + [("\\boxed{1}", CONFIDENT)] + [("x", CONFIDENT)] * 20)
+    assert action is Action.CONTINUE
+    rec = mon.finish(length_capped=True)
+    assert rec.outcome is Outcome.EPS_KEPT and rec.length == 111 and rec.marker_at is None
+
+
+def test_length_exploration_skips_stop_and_disables_stopping():
+    mon = StopAbortMonitor(config(eps_len=1.0))
+    action, _ = run(mon, [("\\boxed{1}", CONFIDENT)] + [("x", CONFIDENT)] * 200)
+    assert action is Action.CONTINUE
+    rec = mon.finish()
+    assert rec.length_explored and rec.outcome is Outcome.NATURAL_EOS
+
+
+def test_natural_end_and_length_cap_records():
+    mon = StopAbortMonitor(config())
+    run(mon, [("x", UNSURE)] * 15)
+    assert mon.finish().outcome is Outcome.NATURAL_EOS
+    mon = StopAbortMonitor(config())
+    run(mon, [("x", UNSURE)] * 15)
+    assert mon.finish(length_capped=True).outcome is Outcome.LENGTH_CAP
+
+
+def test_cap_below_deadline_never_aborts():
+    mon = StopAbortMonitor(config(k1=20, k2=500, grace=100))
+    assert run(mon, [("x", CONFIDENT)] * 300) == (Action.CONTINUE, 300)
+
+
+@pytest.mark.parametrize("signal", ["max_prob", "entropy", "top_k_mass", "margin"])
+def test_every_signal_can_stop(signal):
+    mon = StopAbortMonitor(config(signal=signal, k1=0, min_tokens=1, check_every=1))
+    action, used = run(mon, [("\\boxed{1}", CONFIDENT)] + [("x", CONFIDENT)] * 10)
+    assert action is Action.STOP and used == 4
+
+
+def test_on_tokens_chunked_matches_per_token():
+    script = [("x", UNSURE)] * 19 + [("\\boxed{5}", UNSURE)] + [("y", CONFIDENT)] * 10
+    a = StopAbortMonitor(config())
+    b = StopAbortMonitor(config())
+    expected = run(a, script)
+    texts, lps = zip(*script, strict=True)
+    assert b.on_tokens(texts, lps) == expected
+    assert a.record == b.record
+
+
+def test_randomness_is_reproducible_and_matches_eps_abort():
+    def outcome(seed):
+        mon = StopAbortMonitor(config(seed=seed, eps_abort=0.2))
+        run(mon, [("x", UNSURE)] * 80)
+        return mon.record.outcome
+
+    seeds = [rollout_seed(7, 3, f"uid-{i}") for i in range(4000)]
+    first = [outcome(s) for s in seeds]
+    assert first == [outcome(s) for s in seeds]
+    kept = sum(o is Outcome.EPS_KEPT for o in first) / len(first)
+    assert abs(kept - 0.2) < 4 * math.sqrt(0.2 * 0.8 / len(first))
+    assert set(first) == {Outcome.EPS_KEPT, Outcome.ABORTED}
+
+
+def test_rollout_seed_depends_on_each_part_and_uniform_is_in_range():
+    base = rollout_seed(1, 2, "a")
+    assert len({base, rollout_seed(2, 2, "a"), rollout_seed(1, 3, "a"), rollout_seed(1, 2, "b")}) == 4
+    rng = RolloutRandom(base)
+    draws = [rng.uniform() for _ in range(20000)]
+    assert all(0.0 <= u < 1.0 for u in draws)
+    assert abs(sum(draws) / len(draws) - 0.5) < 0.01
+
+
+def test_config_round_trips_through_plain_dict_and_validates():
+    cfg = config(markers=MarkerSpec(domains=("math",), regexes=(r"ANS:\d",)))
+    data = cfg.to_dict()
+    assert isinstance(data["markers"]["domains"], list)
+    assert StopRuleConfig.from_dict(data) == cfg
+    with pytest.raises(TypeError):
+        StopRuleConfig.from_dict({**data, "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"k1": -1}, "k1"),
+        ({"k1": 50, "k2": 40}, "k2"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"signal": "vibes"}, "signal"),
+        ({"eps_len": -0.1}, "eps_len"),
+        ({"eps_abort": 2.0}, "eps_abort"),
+        ({"hysteresis": 0}, "hysteresis"),
+        ({"check_every": 0}, "check_every"),
+        ({"grace": -5}, "grace"),
+    ],
+)
+def test_bad_config_raises_value_error_naming_key(kw, match):
+    with pytest.raises(ValueError, match=match):
+        config(**kw)

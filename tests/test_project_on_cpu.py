@@ -1,0 +1,44 @@
+"""Project-level invariants: lint, framework-free core, README and CI agree."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ruff() -> list[str]:
+    exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if exe is None:
+        pytest.fail("ruff is not installed: install the project with its [test] extra")
+    return [exe]
+
+
+def test_ruff_lint_and_format_are_clean():
+    lint = subprocess.run([*_ruff(), "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run([*_ruff(), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_core_imports_neither_verl_nor_vllm():
+    for path in (ROOT / "duet_verl" / "core").rglob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+(verl|vllm)\b", path.read_text(), re.M), path
+    code = (
+        "import sys, duet_verl.core; bad = [m for m in sys.modules if m.split('.')[0] in ('verl', 'vllm')]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
+    lines = [ln for ln in (ROOT / "README.md").read_text().splitlines()[:12] if ln.startswith("python3 ")]
+    assert len(lines) == 2, lines
+    demo, tests = lines
+    assert "duet-verl" in demo and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'grep -m1 -E "^python3 .*\[test\]" README.md' in ci  # CI takes the command from the README
