@@ -1,0 +1,60 @@
+"""Driver-side checks of a DUET run's configuration, before anything starts."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from duet_verl.core.settings import DuetSettings
+
+__all__ = ["ConfigError", "check_config", "duet_settings_from_config"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration DUET cannot run with; the message names the key."""
+
+
+def duet_settings_from_config(config: DictConfig) -> DuetSettings:
+    """Validated :class:`DuetSettings` from ``config.duet`` (checked against ``rollout.n``)."""
+    section = config.get("duet", None)
+    data = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+    return DuetSettings.from_mapping(data).validate(group_size=int(config.actor_rollout_ref.rollout.n))
+
+
+def check_config(config: DictConfig) -> None:
+    """Validate ``config.duet`` and the verl settings DUET relies on. Raises :class:`ConfigError`."""
+    from duet_verl.algos import DUET_ESTIMATOR
+    from duet_verl.rollout.agent_loop import DUET_AGENT_LOOP
+
+    try:
+        settings = duet_settings_from_config(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    trainer = config.trainer
+    if not trainer.get("use_v1", False):
+        raise ConfigError("trainer.use_v1 must be true: DUET runs on verl's V1 trainer")
+    if trainer.v1.trainer_mode != "sync":
+        raise ConfigError(f"trainer.v1.trainer_mode must be 'sync' for DUET, got {trainer.v1.trainer_mode!r}")
+    if not settings.enable:
+        return
+    algorithm = config.algorithm
+    if algorithm.adv_estimator != DUET_ESTIMATOR:
+        raise ConfigError(
+            f"algorithm.adv_estimator must be '{DUET_ESTIMATOR}' when duet.enable=true, got {algorithm.adv_estimator!r}"
+        )
+    if algorithm.get("use_kl_in_reward", False):
+        raise ConfigError("algorithm.use_kl_in_reward is not supported with duet_grpo; use actor.use_kl_loss")
+    rollout = config.actor_rollout_ref.rollout
+    if settings.stop.enable and rollout.agent.default_agent_loop != DUET_AGENT_LOOP:
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.agent.default_agent_loop must be '{DUET_AGENT_LOOP}' when duet.stop.enable=true"
+        )
+    if settings.stop.enable and rollout.name not in ("vllm", "hf"):
+        raise ConfigError(f"actor_rollout_ref.rollout.name={rollout.name!r}: DUET's stop rule runs in 'vllm' or 'hf'")
+    if not config.actor_rollout_ref.actor.get("use_dynamic_bsz", False):
+        logger.warning(
+            "DUET varies the number of rollouts per step; actor_rollout_ref.actor.use_dynamic_bsz=true is recommended"
+        )

@@ -1,0 +1,154 @@
+"""Run DUET's stop/abort monitor over a generation stream, for any engine.
+
+Engines stream *cumulative* outputs shaped like vLLM's ``RequestOutput``: ``output.outputs[0]`` has
+``token_ids`` (all tokens so far), ``logprobs`` (one ``{token_id: Logprob}`` dict per token, where a
+``Logprob`` has ``logprob``, ``rank`` and ``decoded_token``), ``finish_reason`` and ``finished`` on the
+request. One output may carry several new tokens.
+
+:class:`MonitoredRequest` feeds each new token to a :class:`~duet_verl.core.monitor.StopAbortMonitor`.
+:func:`monitored_stream` wraps an engine's async generator: on a stop it closes the engine's stream
+(which aborts the request in the engine) and yields a final output cut at the decision, with the
+end-of-turn token appended; on an abort it yields the partial output with finish reason
+``"duet_abort"``. The appended end-of-turn token has no real log-prob: its entry is a placeholder
+(``0.0``) and the agent loop masks that position out of the loss (``synthetic_eos``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from duet_verl.core.monitor import Action, StopAbortMonitor, StopRuleConfig
+
+__all__ = ["ABORT_FINISH_REASON", "MonitoredRequest", "monitored_stream", "split_duet_rule", "top_logprobs_of"]
+
+logger = logging.getLogger(__name__)
+
+ABORT_FINISH_REASON = "duet_abort"
+
+
+def top_logprobs_of(position: dict[int, Any], k: int) -> list[float]:
+    """The ``k`` largest log-probs of one position's ``{token_id: Logprob}`` dict, descending."""
+    values = sorted((lp.logprob for lp in position.values()), reverse=True)
+    return values[:k]
+
+
+class MonitoredRequest:
+    """The monitor of one request plus what the server must report back."""
+
+    def __init__(self, rule: dict[str, Any], eos_token_id: int, top_k: int = 2):
+        rule = dict(rule)
+        self.eos_token_id = int(eos_token_id)
+        self.top_k = top_k
+        self.monitor = StopAbortMonitor(StopRuleConfig.from_dict(rule))
+        self.seen = 0  # tokens already fed
+        self.decision: Action = Action.CONTINUE
+        self.decided_at: int | None = None  # number of tokens kept when the monitor decided
+        self.synthetic_eos = False
+        self.abort_failed = False
+        self.monitor_ns = 0
+
+    def update(self, completion: Any) -> Action:
+        """Feed the tokens of ``completion`` (cumulative) not seen yet; returns the first non-continue action."""
+        if self.decision is not Action.CONTINUE:
+            return self.decision
+        start = time.perf_counter_ns()
+        token_ids, logprobs = completion.token_ids, completion.logprobs
+        on_token, top_k = self.monitor.on_token, self.top_k
+        for i in range(self.seen, len(token_ids)):
+            position = logprobs[i]
+            text = position[token_ids[i]].decoded_token or ""
+            action = on_token(text, top_logprobs_of(position, top_k))
+            if action is not Action.CONTINUE:
+                self.decision, self.decided_at, self.seen = action, i + 1, i + 1
+                break
+        else:
+            self.seen = len(token_ids)
+        self.monitor_ns += time.perf_counter_ns() - start
+        return self.decision
+
+    def finish(self, completion: Any) -> None:
+        """Record a natural end (EOS or length cap) of a request the monitor let run."""
+        if self.decision is Action.CONTINUE:
+            self.monitor.finish(length_capped=getattr(completion, "finish_reason", None) == "length")
+
+    def cut(self, output: Any) -> Any:
+        """A copy of the cumulative ``output`` truncated at the decision, finished, with EOS appended on a stop."""
+        final = copy.copy(output)
+        completion = copy.copy(output.outputs[0])
+        keep = self.decided_at or len(completion.token_ids)
+        token_ids = list(completion.token_ids[:keep])
+        logprobs = list(completion.logprobs[:keep]) if completion.logprobs is not None else None
+        if self.decision is Action.STOP:
+            if not token_ids or token_ids[-1] != self.eos_token_id:
+                token_ids.append(self.eos_token_id)
+                self.synthetic_eos = True
+                if logprobs is not None:
+                    sample = next(iter(logprobs[-1].values())) if logprobs else None
+                    placeholder = copy.copy(sample) if sample is not None else None
+                    if placeholder is not None:
+                        placeholder.logprob, placeholder.rank, placeholder.decoded_token = 0.0, None, ""
+                    logprobs.append({self.eos_token_id: placeholder})
+            completion.finish_reason = "stop"
+        else:
+            completion.finish_reason = ABORT_FINISH_REASON
+        completion.token_ids = token_ids
+        completion.logprobs = logprobs
+        if hasattr(completion, "text"):
+            completion.text = ""  # the text of a cut request is not maintained; verl uses token ids
+        final.outputs = [completion, *output.outputs[1:]]
+        final.finished = True
+        return final
+
+    def report(self) -> dict[str, Any]:
+        """What goes into ``TokenOutput.extra_fields["duet"]``."""
+        record = self.monitor.record
+        if record.ended_at is None:
+            record.length = self.monitor._t
+        out = record.to_dict()
+        out.update(synthetic_eos=self.synthetic_eos, abort_failed=self.abort_failed, monitor_ns=self.monitor_ns)
+        return out
+
+
+async def monitored_stream(stream: AsyncIterator[Any], request: MonitoredRequest) -> AsyncIterator[Any]:
+    """Yield the engine's outputs, ending early (and closing the engine stream) when the monitor decides."""
+    last = None
+    async for output in stream:
+        last = output
+        if request.update(output.outputs[0]) is Action.CONTINUE:
+            if output.finished:
+                request.finish(output.outputs[0])
+            yield output
+            continue
+        try:
+            await stream.aclose()  # aborts the request inside the engine
+        except Exception:  # the rollout then simply runs to its natural end
+            request.abort_failed = True
+            logger.warning("DUET: closing the engine stream failed; the rollout finishes normally", exc_info=True)
+            try:
+                async for output in stream:
+                    last = output
+            except Exception:
+                logger.warning("DUET: the engine stream ended with an error after a failed abort", exc_info=True)
+            yield last
+            return
+        yield request.cut(output)
+        return
+
+
+def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], MonitoredRequest | None]:
+    """Remove DUET's rule from ``sampling_params`` (a copy is returned) and build its monitor, if any."""
+    extra = dict(sampling_params.get("extra_args") or {})
+    rule = extra.pop("duet", None)
+    if rule is None:
+        return sampling_params, None
+    rule = dict(rule)
+    eos_token_id = rule.pop("eos_token_id")
+    top_k = int(rule.pop("top_logprobs", 2))
+    params = {**sampling_params, "extra_args": extra or None}
+    if params["extra_args"] is None:
+        params.pop("extra_args")
+    return params, MonitoredRequest(rule, eos_token_id, top_k)

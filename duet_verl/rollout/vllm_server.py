@@ -1,0 +1,74 @@
+"""DUET's vLLM rollout server: verl's ``vLLMHttpServer`` with the stop/abort monitor in its generation loop.
+
+Only imported inside the rollout server process (through the replica loader registered by
+:mod:`duet_verl.plugin`), so CPU machines without vLLM never import it.
+
+How it hooks in, without copying verl's ``generate``:
+
+* ``generate`` takes the rollout's stop rule out of ``sampling_params["extra_args"]["duet"]``, remembers it
+  under the request id, calls verl's ``generate`` and attaches the monitor's record to
+  ``TokenOutput.extra_fields["duet"]``.
+* ``run_server`` wraps the engine's ``generate`` (an ``AsyncLLM`` instance attribute) so that requests with a
+  rule ask vLLM for top-k log-probs and stream through :func:`~duet_verl.rollout.monitoring.monitored_stream`,
+  which ends them early through the engine (closing ``AsyncLLM.generate`` aborts the request by its internal id;
+  verl's own ``abort_request`` looks requests up by the external id and does not work with vLLM 0.24).
+"""
+
+from __future__ import annotations
+
+import ray
+from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
+
+from duet_verl.rollout.monitoring import MonitoredRequest, monitored_stream, split_duet_rule
+
+__all__ = ["DuetvLLMHttpServer", "DuetvLLMReplica"]
+
+
+class DuetvLLMHttpServer(vLLMHttpServer):
+    """verl's vLLM server plus DUET's per-request stop/abort monitor."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._duet_requests: dict[str, MonitoredRequest] = {}
+
+    async def run_server(self, args):
+        await super().run_server(args)
+        self._wrap_engine_generate()
+
+    def _wrap_engine_generate(self) -> None:
+        engine_generate = self.engine.generate
+        requests = self._duet_requests
+
+        async def generate(prompt, sampling_params, request_id, *args, **kwargs):
+            request = requests.get(request_id)
+            if request is None:
+                async for output in engine_generate(prompt, sampling_params, request_id, *args, **kwargs):
+                    yield output
+                return
+            params = sampling_params.clone()
+            params.logprobs = max(request.top_k, params.logprobs or 0)
+            stream = engine_generate(prompt, params, request_id, *args, **kwargs)
+            async for output in monitored_stream(stream, request):
+                yield output
+
+        self.engine.generate = generate
+
+    async def generate(self, prompt_ids, sampling_params, request_id, *args, **kwargs):
+        sampling_params, request = split_duet_rule(sampling_params)
+        if request is None:
+            return await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
+        self._duet_requests[request_id] = request
+        try:
+            output = await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
+        finally:
+            self._duet_requests.pop(request_id, None)
+        output.extra_fields["duet"] = request.report()
+        return output
+
+
+class DuetvLLMReplica(vLLMReplica):
+    """verl's vLLM replica serving through :class:`DuetvLLMHttpServer`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.server_class = ray.remote(DuetvLLMHttpServer)

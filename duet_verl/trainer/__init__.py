@@ -1,0 +1,1 @@
+"""verl trainer adapters (import verl)."""
