@@ -18,12 +18,20 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from duet_verl.core.monitor import Action, StopAbortMonitor, StopRuleConfig
 
-__all__ = ["ABORT_FINISH_REASON", "MonitoredRequest", "monitored_stream", "split_duet_rule", "top_logprobs_of"]
+__all__ = [
+    "ABORT_FINISH_REASON",
+    "MonitoredRequest",
+    "monitored_generate",
+    "monitored_stream",
+    "split_duet_rule",
+    "top_logprobs_of",
+    "with_monitor",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +160,39 @@ def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], Mo
     if params["extra_args"] is None:
         params.pop("extra_args")
     return params, MonitoredRequest(rule, eos_token_id, top_k)
+
+
+def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], requests: dict[str, MonitoredRequest]):
+    """Wrap an engine's ``generate(prompt, params, request_id, ...)`` so requests registered in ``requests``
+    ask for top-k log-probs (on a copy of their params, via ``params.clone()``) and run through the monitor.
+    Unregistered requests pass straight through."""
+
+    async def generate(prompt, sampling_params, request_id, *args, **kwargs):
+        request = requests.get(request_id)
+        if request is None:
+            async for output in engine_generate(prompt, sampling_params, request_id, *args, **kwargs):
+                yield output
+            return
+        params = sampling_params.clone()
+        params.logprobs = max(request.top_k, params.logprobs or 0)
+        stream = engine_generate(prompt, params, request_id, *args, **kwargs)
+        async for output in monitored_stream(stream, request):
+            yield output
+
+    return generate
+
+
+async def with_monitor(
+    requests: dict[str, MonitoredRequest], request_id: str, request: MonitoredRequest | None, produce: Awaitable[Any]
+) -> Any:
+    """Await a server's ``produce`` (its plain ``generate`` coroutine, not started yet) with ``request``
+    registered for the engine wrapper, then attach the monitor's report to ``extra_fields["duet"]``."""
+    if request is None:
+        return await produce
+    requests[request_id] = request
+    try:
+        output = await produce
+    finally:
+        requests.pop(request_id, None)
+    output.extra_fields["duet"] = request.report()
+    return output

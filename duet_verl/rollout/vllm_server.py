@@ -19,7 +19,7 @@ from __future__ import annotations
 import ray
 from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
 
-from duet_verl.rollout.monitoring import MonitoredRequest, monitored_stream, split_duet_rule
+from duet_verl.rollout.monitoring import MonitoredRequest, monitored_generate, split_duet_rule, with_monitor
 
 __all__ = ["DuetvLLMHttpServer", "DuetvLLMReplica"]
 
@@ -33,37 +33,12 @@ class DuetvLLMHttpServer(vLLMHttpServer):
 
     async def run_server(self, args):
         await super().run_server(args)
-        self._wrap_engine_generate()
-
-    def _wrap_engine_generate(self) -> None:
-        engine_generate = self.engine.generate
-        requests = self._duet_requests
-
-        async def generate(prompt, sampling_params, request_id, *args, **kwargs):
-            request = requests.get(request_id)
-            if request is None:
-                async for output in engine_generate(prompt, sampling_params, request_id, *args, **kwargs):
-                    yield output
-                return
-            params = sampling_params.clone()
-            params.logprobs = max(request.top_k, params.logprobs or 0)
-            stream = engine_generate(prompt, params, request_id, *args, **kwargs)
-            async for output in monitored_stream(stream, request):
-                yield output
-
-        self.engine.generate = generate
+        self.engine.generate = monitored_generate(self.engine.generate, self._duet_requests)
 
     async def generate(self, prompt_ids, sampling_params, request_id, *args, **kwargs):
         sampling_params, request = split_duet_rule(sampling_params)
-        if request is None:
-            return await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
-        self._duet_requests[request_id] = request
-        try:
-            output = await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
-        finally:
-            self._duet_requests.pop(request_id, None)
-        output.extra_fields["duet"] = request.report()
-        return output
+        plain = super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
+        return await with_monitor(self._duet_requests, request_id, request, plain)
 
 
 class DuetvLLMReplica(vLLMReplica):

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+
+from duet_verl.core.controller import DuetController, StepObservation, rollout_stop_rule
+from duet_verl.core.monitor import StopAbortMonitor, StopRuleConfig
+from duet_verl.core.settings import DuetSettings
+
+
+def controller(**kw):
+    return DuetController(DuetSettings.from_mapping(kw), group_size=8, response_cap=256)
+
+
+def test_cold_batch_is_uniform_and_rules_are_complete():
+    ctl = controller()
+    plan = ctl.plan([f"p{i}" for i in range(16)], step=1)
+    assert np.all(plan.n == 4)  # no information: budget 0.5 * G=8 each
+    assert plan.cold.all() and plan.allocation.spent <= plan.allocation.budget
+    rule = rollout_stop_rule(plan.stop_rules[0], "p0/3")
+    cfg = StopRuleConfig.from_dict(rule)
+    assert (cfg.k1, cfg.k2) == (int(0.3 * 256), int(0.7 * 256))
+    StopAbortMonitor(cfg)  # builds
+    assert (
+        rollout_stop_rule(plan.stop_rules[0], "p0/3")["seed"] != rollout_stop_rule(plan.stop_rules[0], "p0/4")["seed"]
+    )
+    metrics = plan.metrics()
+    assert metrics["duet/n_total"] == 64 and metrics["duet/cold_prompt_fraction"] == 1.0
+
+
+def test_stop_disabled_gives_no_rules():
+    plan = controller(stop={"enable": False}).plan(["a", "b"], step=1)
+    assert plan.stop_rules == [None, None]
+
+
+def _observe(ctl, ids, n_each, sigma_by_prompt, rng, length=100):
+    pids, adv, lp, lengths, outcomes = [], [], [], [], []
+    for pid in ids:
+        for _ in range(n_each):
+            pids.append(pid)
+            a = rng.normal() * sigma_by_prompt[pid]
+            adv.append(a)
+            lp.append(1.0)
+            lengths.append(length)
+            outcomes.append("natural_eos")
+    return ctl.observe(StepObservation(pids, np.array(lengths), outcomes, np.array(adv), np.array(lp)))
+
+
+def test_learning_shifts_rollouts_to_informative_prompts():
+    rng = np.random.default_rng(0)
+    ctl = controller()
+    ids = [f"p{i}" for i in range(8)]
+    sigma = {pid: (5.0 if i < 2 else 0.01) for i, pid in enumerate(ids)}
+    ctl.plan(ids, step=1)
+    metrics = _observe(ctl, ids, 8, sigma, rng)
+    assert metrics["duet/rate_natural_eos"] == 1.0 and metrics["duet/tokens_generated"] == 6400
+    plan = ctl.plan(ids, step=2)
+    assert not plan.cold.any()
+    assert plan.n[:2].min() > plan.n[2:].max()
+    assert plan.allocation.spent <= plan.allocation.budget
+    assert plan.lengths == pytest.approx(np.full(8, 100.0))
+
+
+def test_aborted_rollouts_do_not_count_as_kept_lengths():
+    ctl = controller()
+    ctl.plan(["a"], step=1)
+    ctl.observe(
+        StepObservation(
+            ["a", "a", "a"],
+            np.array([10, 20, 999]),
+            ["natural_eos", "eps_kept", "aborted"],
+            np.array([1.0, -1.0, 0.0]),
+            np.array([1.0, 1.0, 1.0]),
+        )
+    )
+    assert ctl.plan(["a"], step=2).lengths[0] == pytest.approx(15.0)
+
+
+def test_state_round_trip_continues_identically():
+    rng = np.random.default_rng(1)
+    a, b = controller(), controller()
+    ids = [f"p{i}" for i in range(6)]
+    a.plan(ids, 1)
+    _observe(a, ids, 4, {p: rng.uniform(0.1, 3) for p in ids}, rng)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    pa, pb = a.plan(ids + ["new"], 2), b.plan(ids + ["new"], 2)
+    np.testing.assert_array_equal(pa.n, pb.n)
+    assert pa.stop_rules == pb.stop_rules
+    with pytest.raises(ValueError, match="version"):
+        b.load_state_dict({"version": 99})

@@ -1,0 +1,63 @@
+import pytest
+
+from duet_verl.core.settings import DuetSettings
+
+
+def test_defaults_are_the_papers_and_valid():
+    s = DuetSettings().validate(group_size=8)
+    assert (s.budget, s.n_min, s.n_max, s.eps_pre) == (0.5, 1, 32, 0.05)
+    assert (s.stop.min_tokens, s.stop.grace, s.stop.hysteresis, s.stop.eps_len, s.stop.eps_abort) == (
+        200,
+        150,
+        5,
+        0.05,
+        0.05,
+    )
+    assert (s.gates.k1_init, s.gates.k2_init, s.gates.update_every) == (0.3, 0.7, 10)
+    assert s.weights.max_weight == 1000.0
+
+
+def test_from_mapping_partial_and_nested():
+    s = DuetSettings.from_mapping({"budget": 0.25, "stop": {"marker_domains": ["code"], "signal": "entropy"}})
+    assert s.budget == 0.25 and s.stop.marker_domains == ("code",) and s.stop.signal == "entropy"
+    assert s.stop.hysteresis == 5  # untouched default
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"budget": -1}, "duet.budget"),
+        ({"budget": 0}, "duet.budget"),
+        ({"budget": 1.5}, "duet.budget"),
+        ({"n_min": 0}, "duet.n_min"),
+        ({"n_min": 5, "n_max": 4}, "duet.n_min"),
+        ({"eps_pre": 0}, "duet.eps_pre"),
+        ({"seed": 1.5}, "duet.seed"),
+        ({"surrogate": {"sigma_min": -1}}, "duet.surrogate.sigma_min"),
+        ({"surrogate": {"k_warmup": 0}}, "duet.surrogate.k_warmup"),
+        ({"stop": {"marker_domains": ["poetry"]}}, "duet.stop.marker_domains"),
+        ({"stop": {"marker_regexes": ["(bad"]}}, "duet.stop.marker_regexes"),
+        ({"stop": {"signal": "vibes"}}, "duet.stop.signal"),
+        ({"stop": {"eps_abort": 0}}, "duet.stop.eps_abort"),
+        ({"stop": {"top_logprobs": 1}}, "duet.stop.top_logprobs"),
+        ({"stop": {"threshold_low": 0.9, "threshold_high": 0.5}}, "duet.stop.threshold_low"),
+        ({"stop": {"threshold_mode": "median"}}, "duet.stop.threshold_mode"),
+        ({"gates": {"q1": 0.9, "q2": 0.1}}, "duet.gates.q1"),
+        ({"gates": {"window": 0}}, "duet.gates.window"),
+        ({"weights": {"singleton": "mean"}}, "duet.weights.singleton"),
+        ({"weights": {"max_weight": 0.5}}, "duet.weights.max_weight"),
+        ({"bogus": 1}, "duet.bogus"),
+        ({"stop": {"bogus": 1}}, "duet.stop.bogus"),
+        ({"stop": 3}, "duet.stop"),
+        ({"stop": {"marker_domains": "math"}}, "duet.stop.marker_domains"),
+    ],
+)
+def test_every_bad_value_names_its_key(data, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        DuetSettings.from_mapping(data).validate(group_size=8)
+
+
+def test_budget_must_leave_n_min_per_prompt():
+    with pytest.raises(ValueError, match=r"duet\.budget.*rollout\.n"):
+        DuetSettings.from_mapping({"budget": 0.1, "n_min": 1}).validate(group_size=8)
+    DuetSettings.from_mapping({"budget": 0.125}).validate(group_size=8)
