@@ -200,7 +200,7 @@ class DuetSettings:
             _require(
                 self.budget * group_size >= self.n_min,
                 "budget",
-                f"times rollout.n ({group_size}) must be >= n_min ({self.n_min}) so every prompt gets n_min rollouts",
+                f"times rollout.n ({group_size}) must be >= duet.n_min ({self.n_min}) (n_min rollouts per prompt)",
                 self.budget,
             )
         for part in (self.surrogate, self.stop, self.gates, self.weights):

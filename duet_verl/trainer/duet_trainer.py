@@ -59,6 +59,10 @@ class DuetPPOTrainerSync(PPOTrainerSync):
 
     def __init__(self, config: DictConfig):
         super().__init__(config)
+        self._init_duet(config)
+
+    def _init_duet(self, config: DictConfig) -> None:
+        """Check registration and build DUET's controller from ``config.duet``."""
         from duet_verl.plugin import assert_registered
 
         assert_registered()

@@ -1,0 +1,48 @@
+"""``python -m duet_verl.main``: the resolved config prints without starting anything; bad config fails fast."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def run_main(*overrides, timeout=120):
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "duet_verl.main", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return out, time.monotonic() - start
+
+
+def test_cfg_job_prints_the_resolved_duet_config():
+    out, _ = run_main("--cfg", "job", "duet.budget=0.25")
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "adv_estimator: duet_grpo" in text and "default_agent_loop: duet_single_turn" in text
+    assert "budget: 0.25" in text and "eps_abort: 0.05" in text and "marker_domains:" in text
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("duet.budget=-1", "duet.budget"),
+        ("duet.n_min=9", "duet.n_min"),
+        ("duet.stop.marker_domains=[poetry]", "duet.stop.marker_domains"),
+        ("duet.stop.signal=vibes", "duet.stop.signal"),
+        ("algorithm.adv_estimator=grpo", "algorithm.adv_estimator"),
+        ("trainer.v1.trainer_mode=colocate_async", "trainer.v1.trainer_mode"),
+        ("algorithm.use_kl_in_reward=true", "algorithm.use_kl_in_reward"),
+        ("actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent", "default_agent_loop"),
+        ("+duet.bogus=1", "duet.bogus"),
+    ],
+)
+def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
+    out, seconds = run_main(override, "actor_rollout_ref.rollout.name=vllm")
+    assert out.returncode == 2, (out.stdout[-1000:], out.stderr[-2000:])
+    assert "invalid configuration" in out.stderr and key in out.stderr
+    assert seconds < 60
+    assert "ray init" not in out.stdout.lower()
