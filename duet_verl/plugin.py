@@ -23,11 +23,21 @@ def _load_duet_vllm_replica():
     return DuetvLLMReplica
 
 
+def _load_hf_replica():
+    from duet_verl.cpu.hf_rollout import HFReplica
+
+    return HFReplica
+
+
 def register() -> None:
-    """Register the ``duet_grpo`` estimator, the ``duet_single_turn`` agent loop and the DUET vLLM replica."""
+    """Register the CPU platform/engines, the ``duet_grpo`` estimator, the ``duet_single_turn`` agent loop,
+    the DUET vLLM replica and the ``hf`` (CPU) rollout backend."""
     global _REGISTERED
     if _REGISTERED:
         return
+    from duet_verl.cpu.platform import register_cpu_backend
+
+    register_cpu_backend()  # first: before anything asks verl for its platform
     from verl.trainer.ppo.core_algos import register_adv_est
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
@@ -37,6 +47,11 @@ def register() -> None:
     import duet_verl.rollout.agent_loop  # noqa: F401  (registers the agent loop)
 
     RolloutReplicaRegistry.register("vllm", _load_duet_vllm_replica)
+    RolloutReplicaRegistry.register("hf", _load_hf_replica)
+    from verl.workers.rollout import base as rollout_base
+
+    # verl has no register function for rollout adapters: this dict is the registry (key: (name, mode)).
+    rollout_base._ROLLOUT_REGISTRY[("hf", "async")] = "duet_verl.cpu.hf_rollout.HFServerAdapter"
     _REGISTERED = True
 
 
@@ -56,6 +71,8 @@ def assert_registered() -> None:
         missing.append(f"agent loop '{DUET_AGENT_LOOP}'")
     if RolloutReplicaRegistry._registry.get("vllm") is not _load_duet_vllm_replica:
         missing.append("the DUET vLLM replica (rollout 'vllm')")
+    if RolloutReplicaRegistry._registry.get("hf") is not _load_hf_replica:
+        missing.append("the CPU rollout backend (rollout 'hf')")
     if missing:
         raise RuntimeError(
             "duet_verl is not registered in verl: missing " + ", ".join(missing) + ". Is duet-verl installed in this "
