@@ -1,4 +1,4 @@
-"""``duet-verl`` command line: ``bench`` (more subcommands arrive with the verl integration)."""
+"""``duet-verl`` command line: ``quickstart``, ``report``, ``score-prompts`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,38 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``duet-verl`` console script."""
+    from duet_verl.quickstart import QuickstartConfig
+
+    defaults = QuickstartConfig()
     parser = argparse.ArgumentParser(prog="duet-verl", description="DUET token-budget allocation for verl.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    quick = sub.add_parser("quickstart", help="train a tiny model on CPU with DUET and GRPO and compare them")
+    quick.add_argument("--out", default=defaults.out, help="output directory (summary.json, plot, logs)")
+    quick.add_argument("--steps", type=int, default=defaults.steps, help="training steps per policy")
+    quick.add_argument("--task", default=",".join(defaults.tasks), help="comma-separated tasks: arith,search")
+    quick.add_argument(
+        "--policies",
+        default=",".join(defaults.policies),
+        help="comma-separated method@budget: grpo@1.0, duet@0.5, grpo@0.5, duet-alloc@0.5",
+    )
+    quick.add_argument("--seed", type=int, default=defaults.seed)
+    quick.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step)
+    quick.add_argument("--group-size", type=int, default=defaults.group_size, help="reference rollouts per prompt G")
+    quick.add_argument("--warm-start-steps", type=int, default=defaults.warm_start_steps)
+    quick.add_argument("--evals", type=int, default=defaults.evals, help="held-out evaluations during training")
+
+    report = sub.add_parser("report", help="plot a run's logged metrics (verl file logger or TensorBoard)")
+    report.add_argument("run_dir", help="a run directory (metrics.jsonl, or TensorBoard event files)")
+    report.add_argument("--out", default=None, help="where to write the plots (default: RUN_DIR/report)")
+
+    score = sub.add_parser("score-prompts", help="add the prompts' mean token log-prob column to a verl parquet file")
+    score.add_argument("--model", required=True, help="local Hugging Face model directory")
+    score.add_argument("--input", required=True, help="verl parquet file with a chat 'prompt' column")
+    score.add_argument("--output", required=True, help="parquet file to write")
+    score.add_argument("--column", default="duet_prompt_logprob", help="name of the new column")
+    score.add_argument("--batch-size", type=int, default=8)
+
     bench = sub.add_parser("bench", help="time the allocator and the stop/abort monitor; last line is JSON")
     bench.add_argument("--repeats", type=int, default=30, help="timed repetitions per measurement (median)")
     return parser
@@ -17,13 +47,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``duet-verl`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "bench":
         from duet_verl.bench import main as bench_main
 
         if args.repeats < 1:
-            build_parser().error("--repeats must be >= 1")
+            parser.error("--repeats must be >= 1")
         return bench_main(args.repeats)
+    if args.command == "quickstart":
+        from duet_verl.quickstart import QuickstartConfig, parse_policy, run_quickstart
+
+        policies = [p for p in args.policies.split(",") if p.strip()]
+        tasks = [t for t in args.task.split(",") if t.strip()]
+        try:
+            for p in policies:
+                parse_policy(p)
+            from duet_verl.tasks import make_problems
+
+            make_problems(tasks, 1, 0)
+        except ValueError as err:
+            parser.error(str(err))
+        if args.steps < 1:
+            parser.error("--steps must be >= 1")
+        cfg = QuickstartConfig(
+            out=args.out,
+            steps=args.steps,
+            tasks=tasks,
+            policies=policies,
+            seed=args.seed,
+            prompts_per_step=args.prompts_per_step,
+            group_size=args.group_size,
+            warm_start_steps=args.warm_start_steps,
+            evals=args.evals,
+        )
+        run_quickstart(cfg)
+        return 0
+    if args.command == "report":
+        from duet_verl.report import write_report
+
+        write_report(args.run_dir, args.out)
+        return 0
+    if args.command == "score-prompts":
+        from duet_verl.scoring import score_prompts
+
+        score_prompts(args.model, args.input, args.output, args.column, args.batch_size)
+        return 0
     return 2
 
 

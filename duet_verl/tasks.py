@@ -2,7 +2,7 @@
 
 Two families with heterogeneous difficulty and solution length, answers in ``\\boxed{...}``:
 
-* ``arith`` — add or subtract numbers of 1–3 digits; the worked solution goes digit by digit.
+* ``arith`` — add or subtract numbers of 1–2 digits; the worked solution goes digit by digit.
 * ``search`` — find ``x`` in ``0..N`` with ``a*x+b=c``; the worked solution tries candidates in order,
   so its length grows with the answer.
 
@@ -38,7 +38,7 @@ class Problem:
 
 
 def _arith(rng: random.Random) -> Problem:
-    digits = rng.choice([1, 2, 2, 3])
+    digits = rng.choice([1, 2, 2])
     a, b = rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits), rng.randrange(0, 10**digits)
     op = rng.choice("+-")
     if op == "-" and b > a:
@@ -57,11 +57,11 @@ def _arith(rng: random.Random) -> Problem:
 
 
 def _search(rng: random.Random) -> Problem:
-    a, b, x = rng.randint(1, 5), rng.randint(0, 9), rng.randint(0, 12)
+    a, b, x = rng.randint(1, 4), rng.randint(0, 9), rng.randint(0, 8)
     c = a * x + b
     tries = " ".join(f"x={k}: {a * k + b}." for k in range(x + 1))
     solution = f"Try x from 0. {tries} Found {c}. \\boxed{{{x}}}"
-    return Problem("search", f"Find x in 0..12 with {a}*x+{b}={c}.", str(x), solution, 1 + x // 4)
+    return Problem("search", f"Find x in 0..8 with {a}*x+{b}={c}.", str(x), solution, 1 + x // 3)
 
 
 TASKS = {"arith": _arith, "search": _search}

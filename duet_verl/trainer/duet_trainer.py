@@ -104,7 +104,9 @@ class DuetPPOTrainerSync(PPOTrainerSync):
     # -- after rollout ---------------------------------------------------------------------------
     def _compute_advantage(self, batch, metrics: dict):
         if self.duet is None or self.config.algorithm.adv_estimator != DUET_ESTIMATOR:
-            return super()._compute_advantage(batch, metrics)
+            batch = super()._compute_advantage(batch, metrics)
+            metrics["duet/tokens_generated"] = self._generated_tokens(batch)  # same accounting for baselines
+            return batch
         if self.config.algorithm.use_kl_in_reward:
             raise ValueError("duet_grpo does not support algorithm.use_kl_in_reward; use the KL loss instead")
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_ADV_FIELDS)
@@ -156,6 +158,14 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         )
         self._duet_features = {}
         return batch
+
+    @staticmethod
+    def _generated_tokens(batch) -> float:
+        """Response tokens of the step's real (non-padding) rollouts."""
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
+        lengths = data["response_mask"].to_padded_tensor(padding=0).sum(-1)
+        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
+        return float(lengths[real].sum())
 
     # -- checkpointing -------------------------------------------------------------------------
     def _save_checkpoint(self):

@@ -147,12 +147,25 @@ def test_compute_advantage_weights_masks_and_learns(tmp_path):
     tq.kv_clear(keys=meta.keys, partition_id="train")
 
 
-def test_other_estimators_go_to_verl(tmp_path, monkeypatch):
+def test_other_estimators_go_to_verl_and_tokens_are_counted_alike(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, estimator="grpo")
     called = []
-    monkeypatch.setattr(PPOTrainerSync, "_compute_advantage", lambda self, batch, metrics: called.append(batch))
-    trainer._compute_advantage("meta", {})
-    assert called == ["meta"]
+
+    def verl_advantage(self, batch, metrics):
+        called.append(batch)
+        return batch
+
+    monkeypatch.setattr(PPOTrainerSync, "_compute_advantage", verl_advantage)
+    rows = [
+        _trajectory("A", "toy/a", 1.0, 5, 1.0, "natural_eos"),
+        _trajectory("A", "toy/a", 1.0, 7, 0.0, "natural_eos"),
+        _trajectory("pad", "toy/a", 1.0, 9, 0.0, "natural_eos"),
+    ]
+    meta = put_step(rows, [{"is_padding": False}, {"is_padding": False}, {"is_padding": True}])
+    metrics = {}
+    assert trainer._compute_advantage(meta, metrics) is meta and called == [meta]
+    assert metrics == {"duet/tokens_generated": 12.0}
+    tq.kv_clear(keys=meta.keys, partition_id="train")
 
 
 def test_checkpoint_round_trip(tmp_path, monkeypatch):

@@ -1,0 +1,34 @@
+"""The hydra overrides that run verl's V1 trainer on a CPU-only machine (used by the quickstart and the tests).
+
+Each line has a reason:
+
+* Ray gets more *logical* CPUs than cores (TransferQueue, the task runner, the agent-loop and reward workers
+  each ask for CPUs) and logical GPUs for verl's worker slots (the CPU platform names them ``GPU``).
+* One TransferQueue storage unit instead of eight.
+* The ``hf`` rollout backend (the CPU server in this package); FSDP2 (FSDP1 needs a GPU); SDPA attention
+  (flash-attention is CUDA-only); no remove-padding kernels.
+"""
+
+from __future__ import annotations
+
+__all__ = ["cpu_overrides"]
+
+
+def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
+    """Overrides for ``python -m duet_verl.main`` on CPU with ``world_size`` trainer processes."""
+    return [
+        f"ray_kwargs.ray_init.num_cpus={ray_cpus}",
+        f"++ray_kwargs.ray_init.num_gpus={world_size}",
+        f"trainer.n_gpus_per_node={world_size}",
+        "trainer.nnodes=1",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "actor_rollout_ref.model.use_remove_padding=False",
+        "data.dataloader_num_workers=0",
+        "data.filter_overlong_prompts=False",
+    ]

@@ -1,0 +1,344 @@
+"""``duet-verl quickstart``: DUET vs GRPO on a tiny model, on the CPU, through verl's own V1 trainer.
+
+1. Builds assets locally (nothing downloaded): a byte-level tokenizer, a small Qwen2-architecture model
+   given a short supervised warm start on worked solutions, and train/held-out parquet files of the
+   synthetic tasks in :mod:`duet_verl.tasks`.
+2. Runs each policy with ``python -m duet_verl.main`` (same seeds, same steps): ``grpo@1.0`` is GRPO with
+   ``G`` rollouts per prompt, ``grpo@B`` GRPO with ``round(B*G)``, ``duet@B`` DUET at budget ``B``
+   (``duet-alloc@B``: allocation only, no stop/abort).
+3. Evaluates on the held-out prompts (verl's validation, before training and at a few points) and writes
+   ``summary.json``, ``accuracy_vs_tokens.png`` and per-policy logs into ``--out``; prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Policy", "QuickstartConfig", "parse_policy", "run_quickstart"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A method and its token budget fraction."""
+
+    method: str  # grpo | duet | duet-alloc
+    budget: float
+
+    @property
+    def name(self) -> str:
+        """``method@budget``."""
+        return f"{self.method}@{self.budget:g}"
+
+
+def parse_policy(text: str) -> Policy:
+    """``"duet@0.5"`` → ``Policy("duet", 0.5)``."""
+    method, _, budget = text.strip().partition("@")
+    if method not in ("grpo", "duet", "duet-alloc"):
+        raise ValueError(f"unknown method {method!r} in policy {text!r} (grpo, duet, duet-alloc)")
+    try:
+        value = float(budget or 1.0)
+    except ValueError as err:
+        raise ValueError(f"bad budget in policy {text!r}") from err
+    if not 0 < value <= 1:
+        raise ValueError(f"budget must be in (0, 1] in policy {text!r}")
+    return Policy(method, value)
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes of the quickstart; the defaults finish in well under 30 minutes on 2 cores."""
+
+    out: str = "duet_quickstart"
+    steps: int = 16
+    tasks: list[str] = field(default_factory=lambda: ["arith", "search"])
+    policies: list[str] = field(default_factory=lambda: ["grpo@1.0", "duet@0.5", "grpo@0.5"])
+    seed: int = 0
+    prompts_per_step: int = 16
+    group_size: int = 8
+    response_length: int = 128
+    train_problems: int = 1024
+    val_problems: int = 64
+    evals: int = 4
+    warm_start_steps: int = 250
+    hidden: int = 96
+    layers: int = 3
+    lr: float = 2e-4
+
+
+def _log(message: str) -> None:
+    print(f"[quickstart] {message}", flush=True)
+
+
+def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
+    """Tokenizer + warm-started model + parquet files under ``out/assets`` (reused if already built)."""
+    import torch
+
+    from duet_verl.cpu.assets import build_tiny_model, build_tokenizer
+    from duet_verl.cpu.warm_start import warm_start
+    from duet_verl.tasks import make_problems, write_parquet
+
+    assets = out / "assets"
+    key = json.dumps(
+        {
+            k: getattr(cfg, k)
+            for k in ("tasks", "seed", "train_problems", "val_problems", "warm_start_steps", "hidden", "layers")
+        },
+        sort_keys=True,
+    )
+    stamp = assets / "assets.json"
+    paths = {"model": str(assets / "model"), "train": str(assets / "train.parquet"), "val": str(assets / "val.parquet")}
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+        _log(f"reusing assets in {assets}")
+        return paths
+    assets.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
+    train = make_problems(cfg.tasks, cfg.train_problems, seed=cfg.seed)
+    val = make_problems(cfg.tasks, cfg.val_problems, seed=cfg.seed + 10_000)
+    _log(f"warm start: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.warm_start_steps} steps")
+    losses = warm_start(model, tokenizer, train, cfg.warm_start_steps, seed=cfg.seed, progress=_log)
+    model.save_pretrained(paths["model"])
+    tokenizer.save_pretrained(paths["model"])
+    write_parquet(train, paths["train"], "train")
+    write_parquet(val, paths["val"], "test", start_index=len(train))
+    stamp.write_text(json.dumps({"key": key, "warm_start_final_loss": losses[-1] if losses else None}))
+    return paths
+
+
+def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run_dir: Path) -> list[str]:
+    """Hydra overrides of one policy's run (CPU settings included)."""
+    from duet_verl.cpu.overrides import cpu_overrides
+    from duet_verl.reward import __file__ as reward_file
+
+    n = cfg.group_size if policy.method != "grpo" else max(1, round(policy.budget * cfg.group_size))
+    test_freq = max(1, math.ceil(cfg.steps / max(cfg.evals, 1)))
+    common = [
+        f"data.train_files={paths['train']}",
+        f"data.val_files={paths['val']}",
+        f"data.train_batch_size={cfg.prompts_per_step}",
+        "data.max_prompt_length=64",
+        f"data.max_response_length={cfg.response_length}",
+        f"data.seed={cfg.seed}",
+        f"actor_rollout_ref.model.path={paths['model']}",
+        f"actor_rollout_ref.actor.optim.lr={cfg.lr}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={cfg.prompts_per_step}",
+        "actor_rollout_ref.actor.use_dynamic_bsz=True",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384",
+        "actor_rollout_ref.actor.use_kl_loss=False",
+        "actor_rollout_ref.actor.loss_agg_mode=token-mean",
+        f"actor_rollout_ref.rollout.n={n}",
+        "actor_rollout_ref.rollout.temperature=0.9",
+        "actor_rollout_ref.rollout.top_p=0.95",
+        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True",
+        "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=16384",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=0.9",
+        "actor_rollout_ref.rollout.val_kwargs.top_p=0.95",
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
+        f"reward.custom_reward_function.path={reward_file}",
+        "reward.custom_reward_function.name=compute_score",
+        "trainer.logger=[console,file]",
+        "trainer.val_before_train=True",
+        f"trainer.test_freq={test_freq}",
+        f"trainer.total_training_steps={cfg.steps}",
+        "trainer.save_freq=-1",
+        "trainer.project_name=duet_quickstart",
+        f"trainer.experiment_name={policy.name}",
+        f"trainer.validation_data_dir={run_dir / 'validation'}",
+        f"trainer.default_local_dir={run_dir / 'checkpoints'}",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir / 'metrics.jsonl'}",
+        f"duet.seed={cfg.seed}",
+        *cpu_overrides(),
+    ]
+    if policy.method == "grpo":
+        return [*common, "duet.enable=false", "algorithm.adv_estimator=grpo"]
+    duet = [
+        "duet.enable=true",
+        f"duet.budget={policy.budget}",
+        "duet.stop.min_tokens=16",
+        "duet.stop.grace=16",
+        "duet.gates.update_every=2",
+        f"duet.stop.enable={'false' if policy.method == 'duet-alloc' else 'true'}",
+    ]
+    return [*common, *duet]
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of verl's file logger (``{"step": N, "data": {...}}`` per line)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def validation_accuracy(run_dir: Path) -> dict[int, float]:
+    """Held-out accuracy by step, from verl's dumped validation generations (``{step}.jsonl``)."""
+    out = {}
+    for file in sorted((run_dir / "validation").glob("*.jsonl")):
+        scores = [json.loads(line).get("score", 0.0) for line in file.read_text().splitlines() if line.strip()]
+        if scores:
+            out[int(file.stem)] = sum(float(s) for s in scores) / len(scores)
+    return out
+
+
+def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], out: Path) -> dict[str, Any]:
+    """Train one policy in a subprocess, printing progress; returns its summary entry."""
+    run_dir = out / policy.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    for old in (run_dir / "validation").glob("*.jsonl"):
+        old.unlink()
+    command = [sys.executable, "-m", "duet_verl.main", *policy_overrides(policy, cfg, paths, run_dir)]
+    (run_dir / "command.txt").write_text(" \\\n  ".join(command) + "\n")
+    _log(f"{policy.name}: training {cfg.steps} steps (log: {run_dir / 'train.log'})")
+    start = time.monotonic()
+    seen = 0
+    with open(run_dir / "train.log", "w") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_DEDUP_LOGS": "0"}
+        )
+        while proc.poll() is None:
+            time.sleep(2)
+            rows = read_metrics(metrics_path)
+            for row in rows[seen:]:
+                _log(f"{policy.name}: {progress_line(row, cfg.steps)} ({time.monotonic() - start:.0f}s)")
+            seen = len(rows)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        tail = (run_dir / "train.log").read_text()[-3000:]
+        raise RuntimeError(f"{policy.name} failed (exit {proc.returncode}); see {run_dir / 'train.log'}\n{tail}")
+    return summarize_run(policy, run_dir, wall)
+
+
+def progress_line(row: dict[str, Any], steps: int) -> str:
+    """One line per logged step: tokens, reward, stop/abort rates, held-out accuracy when evaluated."""
+    data = row.get("data", {})
+    parts = [f"step {row.get('step')}/{steps}"]
+    if "duet/tokens_generated" in data:
+        parts.append(f"tokens {data['duet/tokens_generated']:,.0f}")
+    if "critic/score/mean" in data:
+        parts.append(f"reward {data['critic/score/mean']:.3f}")
+    if "duet/rate_aborted" in data:
+        parts.append(f"aborted {data['duet/rate_aborted']:.0%} stopped {data['duet/rate_stopped_after_marker']:.0%}")
+    val = [v for k, v in data.items() if k.startswith("val-core/") and k.endswith("/acc/mean@1")]
+    if val:
+        parts.append(f"held-out accuracy {sum(val) / len(val):.3f} (mean over tasks)")
+    return ", ".join(parts)
+
+
+def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
+    """The summary entry of one run: tokens, accuracy (curve), time, stop/abort rates."""
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "duet/tokens_generated" in r.get("data", {})]
+    tokens_by_step = {int(r["step"]): float(r["data"]["duet/tokens_generated"]) for r in rows}
+    cumulative, total = {0: 0.0}, 0.0
+    for step in sorted(tokens_by_step):
+        total += tokens_by_step[step]
+        cumulative[step] = total
+    accuracy = validation_accuracy(run_dir)
+    curve = [{"step": s, "tokens": cumulative.get(s, total), "accuracy": a} for s, a in sorted(accuracy.items())]
+
+    def mean_of(key: str) -> float | None:
+        values = [float(r["data"][key]) for r in rows if key in r["data"]]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "policy": policy.name,
+        "method": policy.method,
+        "budget": policy.budget,
+        "steps": len(rows),
+        "tokens_total": total,
+        "initial_accuracy": curve[0]["accuracy"] if curve else None,
+        "final_accuracy": curve[-1]["accuracy"] if curve else None,
+        "wall_clock_s": wall,
+        "train_time_s": sum(float(r["data"].get("timing_s/step", 0.0)) for r in rows),
+        "gen_time_s": sum(float(r["data"].get("timing_s/gen", 0.0)) for r in rows),
+        "abort_rate": mean_of("duet/rate_aborted"),
+        "marker_stop_rate": mean_of("duet/rate_stopped_after_marker"),
+        "eps_kept_rate": mean_of("duet/rate_eps_kept"),
+        "mean_reward": mean_of("critic/score/mean"),
+        "accuracy_curve": curve,
+    }
+
+
+def plot_accuracy(results: list[dict[str, Any]], path: Path) -> Path:
+    """Held-out accuracy against cumulative generated tokens, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for res in results:
+        curve = res["accuracy_curve"]
+        ax.plot([c["tokens"] for c in curve], [c["accuracy"] for c in curve], marker="o", label=res["policy"])
+    ax.set_xlabel("rollout tokens generated (cumulative)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("DUET vs GRPO on the CPU quickstart")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table of the summary (token ratios relative to ``grpo@1``, or the first policy)."""
+    base = next((r for r in results if r["policy"] == "grpo@1"), results[0] if results else None)
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    columns = [
+        ("policy", 14, lambda r: r["policy"]),
+        ("tokens", 12, lambda r: fmt(r["tokens_total"], ",.0f")),
+        (
+            "vs base",
+            9,
+            lambda r: fmt(r["tokens_total"] / base["tokens_total"] if base["tokens_total"] else None, ".2f"),
+        ),
+        ("acc start", 11, lambda r: fmt(r["initial_accuracy"], ".3f")),
+        ("acc end", 9, lambda r: fmt(r["final_accuracy"], ".3f")),
+        ("wall s", 8, lambda r: fmt(r["wall_clock_s"], ".0f")),
+        ("aborted", 9, lambda r: fmt(r["abort_rate"], ".0%")),
+        ("stopped", 9, lambda r: fmt(r["marker_stop_rate"], ".0%")),
+    ]
+    header = "".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w, _) in enumerate(columns))
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append("".join(get(r).ljust(w) if i == 0 else get(r).rjust(w) for i, (_, w, get) in enumerate(columns)))
+    return "\n".join(lines)
+
+
+def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
+    """Build assets, train every policy, write ``summary.json`` and the plot; returns the summary."""
+    policies = [parse_policy(p) for p in cfg.policies]
+    if cfg.steps < 1:
+        raise ValueError("--steps must be >= 1")
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    paths = build_assets(cfg, out)
+    results = [run_policy(p, cfg, paths, out) for p in policies]
+    summary = {"config": asdict(cfg), "results": results, "total_wall_clock_s": time.monotonic() - start}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot = plot_accuracy(results, out / "accuracy_vs_tokens.png")
+    print(format_table(results))
+    _log(f"wrote {out / 'summary.json'} and {plot}")
+    return summary
