@@ -64,9 +64,10 @@ class QuickstartConfig:
     prompts_per_step: int = 16
     group_size: int = 8
     response_length: int = 128
-    train_problems: int = 1024
+    train_problems: int = 128  # a small pool: prompts come back (2 epochs by default), as in the paper's 4
     val_problems: int = 64
     evals: int = 4
+    val_samples: int = 4  # held-out accuracy is mean@val_samples
     warm_start_steps: int = 250
     hidden: int = 96
     layers: int = 3
@@ -83,6 +84,7 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
 
     from duet_verl.cpu.assets import build_tiny_model, build_tokenizer
     from duet_verl.cpu.warm_start import warm_start
+    from duet_verl.scoring import prompt_mean_logprobs
     from duet_verl.tasks import make_problems, write_parquet
 
     assets = out / "assets"
@@ -108,7 +110,10 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     losses = warm_start(model, tokenizer, train, cfg.warm_start_steps, seed=cfg.seed, progress=_log)
     model.save_pretrained(paths["model"])
     tokenizer.save_pretrained(paths["model"])
-    write_parquet(train, paths["train"], "train")
+    # DUET's cold-start feature, as `duet-verl score-prompts` would write it
+    prompts = [[{"role": "user", "content": p.prompt}] for p in train]
+    features = prompt_mean_logprobs(model, tokenizer, prompts, batch_size=64)
+    write_parquet(train, paths["train"], "train", extra_columns={"duet_prompt_logprob": features})
     write_parquet(val, paths["val"], "test", start_index=len(train))
     stamp.write_text(json.dumps({"key": key, "warm_start_final_loss": losses[-1] if losses else None}))
     return paths
@@ -143,6 +148,7 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
         "actor_rollout_ref.rollout.val_kwargs.temperature=0.9",
         "actor_rollout_ref.rollout.val_kwargs.top_p=0.95",
         "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
+        f"actor_rollout_ref.rollout.val_kwargs.n={cfg.val_samples}",
         f"reward.custom_reward_function.path={reward_file}",
         "reward.custom_reward_function.name=compute_score",
         "trainer.logger=[console,file]",

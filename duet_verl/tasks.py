@@ -87,8 +87,11 @@ def warm_start_text(problem: Problem, rng: random.Random, p_ramble: float = 0.25
     return problem.solution
 
 
-def write_parquet(problems: list[Problem], path: str | Path, split: str, start_index: int = 0) -> Path:
-    """Write problems as a verl RL parquet file (chat ``prompt``, ``reward_model``, ``extra_info.index``)."""
+def write_parquet(
+    problems: list[Problem], path: str | Path, split: str, start_index: int = 0, extra_columns: dict | None = None
+) -> Path:
+    """Write problems as a verl RL parquet file (chat ``prompt``, ``reward_model``, ``extra_info.index``),
+    plus optional extra per-row columns (e.g. DUET's ``duet_prompt_logprob`` feature)."""
     import pandas as pd
 
     rows = [
@@ -101,7 +104,10 @@ def write_parquet(problems: list[Problem], path: str | Path, split: str, start_i
         }
         for i, p in enumerate(problems)
     ]
+    frame = pd.DataFrame(rows)
+    for name, values in (extra_columns or {}).items():
+        frame[name] = list(values)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(path)
+    frame.to_parquet(path)
     return path

@@ -9,7 +9,7 @@ all a checkpoint needs to continue identically.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -105,19 +105,7 @@ class DuetController:
             self.surrogate = PromptSurrogate.from_ridge_file(sur.ridge_file, **kwargs)
         else:
             self.surrogate = PromptSurrogate(num_features=num_features, **kwargs)
-        g = settings.gates
-        self.gates = GateEstimator(
-            cap=response_cap,
-            k1_init=g.k1_init,
-            k2_init=g.k2_init,
-            q1=g.q1,
-            q2=g.q2,
-            window=g.window,
-            update_every=g.update_every,
-            min_samples=g.min_samples,
-            k1_floor=g.k1_floor,
-            min_gap=g.min_gap,
-        )
+        self.gates = GateEstimator(cap=response_cap, **asdict(settings.gates))
         self._last_scores: dict[str, float] = {}
 
     @property
@@ -139,18 +127,7 @@ class DuetController:
         rules: list[dict[str, Any] | None] = [None] * len(ids)
         if stop.enable:
             template = StopRuleConfig(
-                k1=self.gates.k1,
-                k2=self.gates.k2,
-                threshold=0.5,
-                seed=0,
-                min_tokens=stop.min_tokens,
-                grace=stop.grace,
-                check_every=stop.check_every,
-                hysteresis=stop.hysteresis,
-                signal=stop.signal,
-                eps_len=stop.eps_len,
-                eps_abort=stop.eps_abort,
-                markers=stop.markers(),
+                k1=self.gates.k1, k2=self.gates.k2, threshold=0.5, seed=0, **stop.rule_kwargs()
             ).to_dict()
             del template["seed"]
             rules = [{**template, "threshold": float(t), "run_seed": s.seed, "step": int(step)} for t in thresholds]

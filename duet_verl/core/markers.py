@@ -38,26 +38,39 @@ class MarkerDetector:
         raise NotImplementedError
 
 
-class LiteralMarker(MarkerDetector):
-    """A fixed string, e.g. ``## Final Answer``."""
+class _TailWindowMarker(MarkerDetector):
+    """Searches each new piece together with the last ``keep`` characters seen before it."""
 
-    def __init__(self, literal: str):
-        if not literal:
-            raise ValueError("literal marker must be non-empty")
-        self.literal = literal
-        self._keep = len(literal) - 1
+    def __init__(self, keep: int):
+        self._keep = keep
         self._tail = ""
         self.found = False
+
+    def _matches(self, window: str) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
 
     def feed(self, text: str) -> bool:
         if self.found:
             return True
         window = self._tail + text
-        if self.literal in window:
+        if self._matches(window):
             self.found = True
         else:
             self._tail = window[-self._keep :] if self._keep else ""
         return self.found
+
+
+class LiteralMarker(_TailWindowMarker):
+    """A fixed string, e.g. ``## Final Answer``."""
+
+    def __init__(self, literal: str):
+        if not literal:
+            raise ValueError("literal marker must be non-empty")
+        super().__init__(len(literal) - 1)
+        self.literal = literal
+
+    def _matches(self, window: str) -> bool:
+        return self.literal in window
 
 
 class BalancedMarker(MarkerDetector):
@@ -149,7 +162,7 @@ class PairedMarker(MarkerDetector):
         return self.found
 
 
-class RegexMarker(MarkerDetector):
+class RegexMarker(_TailWindowMarker):
     """A user regex searched in ``overlap`` characters of old text plus the new text.
 
     A match must fit in ``overlap + len(new text)`` characters; the window is bounded, so even a
@@ -163,19 +176,11 @@ class RegexMarker(MarkerDetector):
             self.pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
         except re.error as err:
             raise ValueError(f"invalid marker regex {pattern!r}: {err}") from err
+        super().__init__(overlap)
         self.overlap = overlap
-        self._tail = ""
-        self.found = False
 
-    def feed(self, text: str) -> bool:
-        if self.found:
-            return True
-        window = self._tail + text
-        if self.pattern.search(window):
-            self.found = True
-        else:
-            self._tail = window[-self.overlap :] if self.overlap else ""
-        return self.found
+    def _matches(self, window: str) -> bool:
+        return self.pattern.search(window) is not None
 
 
 def _math() -> list[MarkerDetector]:

@@ -126,6 +126,11 @@ class StopSettings:
         """The marker set for rollouts."""
         return MarkerSpec(domains=tuple(self.marker_domains), regexes=tuple(self.marker_regexes))
 
+    def rule_kwargs(self) -> dict[str, Any]:
+        """The fields a rollout's :class:`~duet_verl.core.monitor.StopRuleConfig` shares with these settings."""
+        shared = ("min_tokens", "grace", "check_every", "hysteresis", "signal", "eps_len", "eps_abort")
+        return {**{name: getattr(self, name) for name in shared}, "markers": self.markers()}
+
 
 @dataclass(frozen=True)
 class GateSettings:

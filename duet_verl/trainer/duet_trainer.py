@@ -153,6 +153,11 @@ class DuetPPOTrainerSync(PPOTrainerSync):
             features=self._duet_features,
         )
         metrics.update(self.duet.observe(obs))
+        monitored = [e for e, keep in zip(extra, real.tolist(), strict=True) if keep and "duet_monitor_ns" in e]
+        if monitored:
+            monitor_ns = sum(int(e["duet_monitor_ns"]) for e in monitored)
+            metrics["duet/monitor_ns_per_token"] = monitor_ns / max(float(obs.response_lengths.sum()), 1.0)
+            metrics["duet/abort_failed"] = float(sum(bool(e.get("duet_abort_failed")) for e in monitored))
         metrics["duet/tokens_vs_budget"] = metrics["duet/tokens_generated"] / max(
             self._duet_plan_metrics.get("duet/budget_tokens", float("nan")), 1.0
         )
@@ -193,4 +198,4 @@ class DuetPPOTrainerSync(PPOTrainerSync):
             return
         with open(path) as f:
             self.duet.load_state_dict(json.load(f))
-        logger.info(f"Restored DUET state from {path} ({len(self.duet.surrogate)} prompts tracked)")
+        print(f"[duet] restored DUET state from {path} ({len(self.duet.surrogate)} prompts tracked)", flush=True)

@@ -102,7 +102,7 @@ def _trajectory(uid, pid, p_pre, length, reward, outcome, logprob=-0.5):
         "response_mask": mask,
         "rm_scores": scores,
         "old_log_probs": torch.full((length,), logprob),
-        "extra_fields": {"duet_outcome": outcome},
+        "extra_fields": {"duet_outcome": outcome, "duet_monitor_ns": 1000 * length, "duet_abort_failed": False},
     }
 
 
@@ -141,6 +141,7 @@ def test_compute_advantage_weights_masks_and_learns(tmp_path):
     )
     assert metrics["duet/max_weight"] == pytest.approx(40.0) and metrics["duet/tokens_generated"] == 30
     assert metrics["duet/tokens_vs_budget"] == pytest.approx(0.3)
+    assert metrics["duet/monitor_ns_per_token"] == pytest.approx(1000.0) and metrics["duet/abort_failed"] == 0.0
     # the surrogate learnt prompt a (2+ kept rollouts) and the kept lengths (aborted excluded)
     assert trainer.duet.surrogate.observations("toy/a") == 1 and trainer.duet.surrogate.observations("toy/b") == 0
     assert trainer.duet.plan(["toy/a"], step=2).lengths[0] == pytest.approx(6.0)

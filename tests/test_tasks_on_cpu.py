@@ -1,0 +1,56 @@
+import random
+
+import pandas as pd
+import pytest
+
+from duet_verl.reward import compute_score, extract_boxed
+from duet_verl.tasks import make_problems, warm_start_text, write_parquet
+
+
+def test_problems_are_correct_and_reproducible():
+    problems = make_problems(["arith", "search"], 200, seed=3)
+    assert problems == make_problems(["arith", "search"], 200, seed=3)
+    assert {p.task for p in problems} == {"arith", "search"}
+    for p in problems:
+        assert compute_score("x", p.solution, p.answer)["score"] == 1.0
+        if p.task == "arith":
+            a, op, b = (
+                p.prompt[len("Compute ") : -1].partition("+")
+                if "+" in p.prompt
+                else p.prompt[len("Compute ") : -1].partition("-")
+            )
+            assert int(p.answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+        else:
+            eq = p.prompt.split("with ")[1].rstrip(".")
+            lhs, c = eq.split("=")
+            a, b = lhs.split("*x+")
+            assert int(a) * int(p.answer) + int(b) == int(c)
+    lengths = [len(p.solution) for p in problems]
+    assert max(lengths) > 2 * min(lengths)  # heterogeneous lengths
+    with pytest.raises(ValueError, match="unknown task"):
+        make_problems(["poetry"], 1, 0)
+
+
+def test_reward_function():
+    assert compute_score("s", "so \\boxed{12}", "12") == {"score": 1.0, "acc": True, "has_answer": True}
+    assert compute_score("s", "so \\boxed{13}", "12")["score"] == 0.0
+    assert compute_score("s", "no answer", "12") == {"score": 0.0, "acc": False, "has_answer": False}
+    assert extract_boxed("a \\boxed{ 5 } b \\boxed{6}") == "5"
+
+
+def test_warm_start_texts_mix_clean_rambling_and_unanswered():
+    p = make_problems(["search"], 1, 0)[0]
+    rng = random.Random(0)
+    texts = [warm_start_text(p, rng) for _ in range(400)]
+    clean = sum(t == p.solution for t in texts)
+    ramble = sum(t.startswith(p.solution) and t != p.solution for t in texts)
+    unanswered = sum("\\boxed" not in t for t in texts)
+    assert clean + ramble + unanswered == 400
+    assert 0.55 < clean / 400 < 0.8 and 0.15 < ramble / 400 < 0.35 and 0.04 < unanswered / 400 < 0.17
+
+
+def test_parquet_has_verls_columns(tmp_path):
+    path = write_parquet(make_problems(["arith"], 5, 0), tmp_path / "d.parquet", "train", start_index=10)
+    frame = pd.read_parquet(path)
+    assert list(frame["extra_info"].map(lambda e: e["index"])) == [10, 11, 12, 13, 14]
+    assert frame["prompt"][0][0]["role"] == "user" and frame["reward_model"][0]["ground_truth"]
