@@ -242,7 +242,7 @@ def progress_line(row: dict[str, Any], steps: int) -> str:
         parts.append(f"reward {data['critic/score/mean']:.3f}")
     if "duet/rate_aborted" in data:
         parts.append(f"aborted {data['duet/rate_aborted']:.0%} stopped {data['duet/rate_stopped_after_marker']:.0%}")
-    val = [v for k, v in data.items() if k.startswith("val-core/") and k.endswith("/acc/mean@1")]
+    val = [v for k, v in data.items() if k.startswith("val-core/") and "/acc/mean@" in k]
     if val:
         parts.append(f"held-out accuracy {sum(val) / len(val):.3f} (mean over tasks)")
     return ", ".join(parts)

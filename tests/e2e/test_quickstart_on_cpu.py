@@ -50,6 +50,6 @@ def test_short_quickstart_trains_duet_and_grpo_through_verl(tmp_path):
         "duet/max_weight",
         "duet/surrogate_calibration",
         "actor/pg_loss",
-        "val-core/duet_toy_arith/acc/mean@1",
     ):
         assert key in logged, key
+    assert any(k.startswith("val-core/duet_toy_arith/acc/mean@") for k in logged)

@@ -21,6 +21,7 @@ def test_checkpoint_carries_duet_state_across_a_resume(tmp_path):
     )
     paths = build_assets(cfg, Path(tmp_path))
     run_dir = tmp_path / "run"
+    run_dir.mkdir()  # verl's file logger does not create the directory of VERL_FILE_LOGGER_PATH
 
     def train(total_steps: int) -> subprocess.CompletedProcess:
         overrides = policy_overrides(Policy("duet", 0.5), cfg, paths, run_dir)
