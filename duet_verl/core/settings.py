@@ -13,6 +13,7 @@ from typing import Any
 
 from duet_verl.core.gates import THRESHOLD_MODES
 from duet_verl.core.markers import MARKER_DOMAINS, MarkerSpec
+from duet_verl.core.monitor import StopRuleConfig
 from duet_verl.core.signals import SIGNALS
 
 __all__ = ["DuetSettings", "GateSettings", "StopSettings", "SurrogateSettings", "WeightSettings"]
@@ -62,19 +63,23 @@ class SurrogateSettings:
         _require(bool(self.feature_key), "surrogate.feature_key", "must be a non-empty column name", self.feature_key)
 
 
+# One source for the paper's stop defaults: the per-rollout config's own field defaults.
+_RULE_DEFAULTS = {f.name: f.default for f in fields(StopRuleConfig)}
+
+
 @dataclass(frozen=True)
 class StopSettings:
     """Marker-gated stop/abort during generation (SPEC §3)."""
 
     enable: bool = True
-    min_tokens: int = 200
-    grace: int = 150
-    check_every: int = 8
-    hysteresis: int = 5
-    signal: str = "margin"
+    min_tokens: int = _RULE_DEFAULTS["min_tokens"]
+    grace: int = _RULE_DEFAULTS["grace"]
+    check_every: int = _RULE_DEFAULTS["check_every"]
+    hysteresis: int = _RULE_DEFAULTS["hysteresis"]
+    signal: str = _RULE_DEFAULTS["signal"]
     top_logprobs: int = 2
-    eps_len: float = 0.05
-    eps_abort: float = 0.05
+    eps_len: float = _RULE_DEFAULTS["eps_len"]
+    eps_abort: float = _RULE_DEFAULTS["eps_abort"]
     marker_domains: tuple[str, ...] = ("math", "generic")
     marker_regexes: tuple[str, ...] = ()
     threshold_mode: str = "batch_percentile"
