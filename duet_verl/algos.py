@@ -36,6 +36,8 @@ def duet_weighted_advantage(
         max_weight=settings.weights.max_weight,
         self_normalize=settings.weights.self_normalize,
         singleton=settings.weights.singleton,
+        aborted_baseline=settings.weights.aborted_baseline,
+        failure_score=settings.weights.failure_score,
         norm_by_std=norm_by_std,
         **rollout_fields,
     )

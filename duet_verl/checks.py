@@ -52,6 +52,13 @@ def check_config(config: DictConfig) -> None:
         raise ConfigError(
             f"actor_rollout_ref.rollout.agent.default_agent_loop must be '{DUET_AGENT_LOOP}' when duet.stop.enable=true"
         )
+    if settings.stop.enable and rollout.get("enable_rollout_routing_replay", False):
+        raise ConfigError(
+            "actor_rollout_ref.rollout.enable_rollout_routing_replay=true cannot be combined with "
+            "duet.stop.enable=true: a stopped rollout ends with an end-of-turn token the engine never routed, "
+            "and a cut rollout's recorded experts no longer match its tokens; set duet.stop.enable=false "
+            "(allocation only) or turn routing replay off"
+        )
     if settings.stop.enable and rollout.name not in ("vllm", "hf"):
         raise ConfigError(f"actor_rollout_ref.rollout.name={rollout.name!r}: DUET's stop rule runs in 'vllm' or 'hf'")
     if not config.actor_rollout_ref.actor.get("use_dynamic_bsz", False):

@@ -277,6 +277,8 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         "abort_rate": mean_of("duet/rate_aborted"),
         "marker_stop_rate": mean_of("duet/rate_stopped_after_marker"),
         "eps_kept_rate": mean_of("duet/rate_eps_kept"),
+        # rollouts whose DUET score differed from verl's sequence score, summed over steps (0 when correct)
+        "score_mismatch": sum(float(r["data"].get("duet/score_mismatch", 0.0)) for r in rows),
         "mean_reward": mean_of("critic/score/mean"),
         "accuracy_curve": curve,
     }

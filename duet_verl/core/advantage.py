@@ -3,14 +3,22 @@
 Rows are rollouts, shaped like verl's estimators: ``token_level_rewards`` and ``response_mask`` are
 (B, T) and ``index`` holds each rollout's prompt/group id. Per rollout:
 
-* **valid** rows are those neither aborted nor padding. Group mean/std are taken over the valid rows
-  of each group, on the unweighted scores (std with Bessel's correction, as verl's GRPO).
-* A group with a single valid rollout has no within-group baseline. ``singleton="zero"`` (default)
-  gives it advantage 0; ``singleton="raw"`` keeps its raw score, as stock verl GRPO does.
+* The **score** is ``token_level_rewards`` summed over the row *without* the mask, exactly as verl's GRPO
+  sums it. verl writes the outcome reward on the last response position, which for a rollout DUET stopped
+  is the appended end-of-turn token whose mask is 0; a masked sum would score every stopped rollout 0.
+* **valid** rows (neither aborted nor padding) carry the loss. Padding rows never enter a group.
+  Aborted rows enter their group's mean/std as failures (score ``failure_score``, default 0, as the DUET
+  reference does) with ``aborted_baseline="failure"`` (default), or are left out of it with ``"exclude"``;
+  either way they get advantage 0 and leave the loss. Group std uses Bessel's correction, as verl's GRPO.
+* A group with a single member has no within-group baseline. ``singleton="zero"`` (default) gives it
+  advantage 0; ``singleton="raw"`` keeps its raw score, as stock verl GRPO does.
 * Weight ``w = 1 / p_pre``, times ``1 / eps_abort`` for ε-kept rollouts, clamped to ``max_weight``;
-  optionally self-normalised to mean 1 over valid rows (SNIPS).
-* Advantages and returns are ``w * A`` broadcast over valid tokens; aborted and padding rows get
-  advantage 0 and response mask 0.
+  optionally self-normalised to mean 1 over the rows that carry gradient (valid, advantage != 0).
+* Advantages and returns are ``w * A`` broadcast over the row's mask; aborted and padding rows get
+  advantage 0 and mask 0 (the caller must zero every mask the loss reads: verl's ``response_mask`` *and*
+  ``loss_mask``).
+* Weight diagnostics (ESS, largest weight, the largest single row's share of ``Σ|w·A|·len``) are taken
+  over the gradient-carrying rows only: rows with advantage 0 have no influence whatever their weight.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ __all__ = [
     "grpo_group_advantage",
     "importance_weights",
     "normalize_weights",
+    "weight_diagnostics",
 ]
 
 SINGLETON_RULES = ("zero", "raw")
+ABORTED_BASELINE_RULES = ("failure", "exclude")
 
 
 def group_ids_to_int(index: Sequence | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -101,11 +111,12 @@ def importance_weights(
     return normalize_weights(w, valid) if self_normalize else w
 
 
-def normalize_weights(weights: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Self-normalise to mean 1 over valid rows (SNIPS); all-zero weights are returned unchanged."""
-    n_valid = int(valid.sum()) if valid is not None else weights.numel()
-    total = weights.sum()
-    return weights * (n_valid / total) if total > 0 else weights
+def normalize_weights(weights: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-normalise (SNIPS) so the weights of ``rows`` (default: all) average 1; the same factor scales
+    every row. Weights whose selected sum is 0 are returned unchanged."""
+    selected = weights if rows is None else weights[rows.to(torch.bool)]
+    total = selected.sum()
+    return weights * (selected.numel() / total) if total > 0 else weights
 
 
 def effective_sample_size(weights: torch.Tensor) -> float:
@@ -122,6 +133,7 @@ class WeightedAdvantage:
     advantages: torch.Tensor  # (B, T), weighted and masked
     returns: torch.Tensor  # (B, T), same as advantages (outcome supervision)
     response_mask: torch.Tensor  # (B, T), zero on aborted/padding rows
+    scores: torch.Tensor  # (B,), each rollout's sequence score (rewards summed without the mask, as verl)
     scalar_advantages: torch.Tensor  # (B,), w * A per rollout
     weights: torch.Tensor  # (B,), 0 on invalid rows
     metrics: dict[str, float]
@@ -141,6 +153,8 @@ def duet_advantage(
     norm_by_std: bool = True,
     eps: float = 1e-6,
     singleton: str = "zero",
+    aborted_baseline: str = "failure",
+    failure_score: float = 0.0,
 ) -> WeightedAdvantage:
     """DUET's weighted, abort-masked GRPO advantage. Missing per-rollout fields default to the GRPO case."""
     if token_level_rewards.shape != response_mask.shape or token_level_rewards.dim() != 2:
@@ -148,32 +162,56 @@ def duet_advantage(
             f"token_level_rewards {tuple(token_level_rewards.shape)} and response_mask "
             f"{tuple(response_mask.shape)} must be the same (B, T) shape"
         )
+    if aborted_baseline not in ABORTED_BASELINE_RULES:
+        raise ValueError(f"aborted_baseline must be one of {ABORTED_BASELINE_RULES}, got {aborted_baseline!r}")
     size, device = token_level_rewards.shape[0], token_level_rewards.device
 
     def flag(x: torch.Tensor | None) -> torch.Tensor:
         return torch.zeros(size, dtype=torch.bool, device=device) if x is None else x.to(device, torch.bool).view(-1)
 
     aborted_, padding_, kept_ = flag(aborted), flag(padding), flag(eps_kept)
+    aborted_ = aborted_ & ~padding_
     valid = ~(aborted_ | padding_)
     p = torch.ones(size, dtype=torch.float64, device=device) if p_pre is None else p_pre.to(device).view(-1)
-    mask = response_mask.to(torch.float64)
-    scores = (token_level_rewards.to(torch.float64) * mask).sum(dim=-1)
-    adv = grpo_group_advantage(scores, index, valid, eps=eps, norm_by_std=norm_by_std, singleton=singleton)
+    scores = token_level_rewards.to(torch.float64).sum(dim=-1)
+    if aborted_baseline == "failure":
+        members = valid | aborted_
+        baseline_scores = torch.where(aborted_, torch.full_like(scores, float(failure_score)), scores)
+    else:
+        members, baseline_scores = valid, scores
+    adv = grpo_group_advantage(baseline_scores, index, members, eps=eps, norm_by_std=norm_by_std, singleton=singleton)
+    adv = torch.where(valid, adv, torch.zeros_like(adv))
     w = importance_weights(p, kept_, eps_abort, max_weight, valid=valid)
-    clamped = float((w[valid] >= max_weight).to(torch.float64).mean()) if bool(valid.any()) else 0.0
+    carrying = valid & (adv != 0)
+    clamped = float((w[carrying] >= max_weight).to(torch.float64).mean()) if bool(carrying.any()) else 0.0
     if self_normalize:
-        w = normalize_weights(w, valid)
+        w = normalize_weights(w, carrying)
     scalar = w * adv
     new_mask = response_mask * valid.unsqueeze(-1).to(response_mask.dtype)
     token_adv = (scalar.unsqueeze(-1) * new_mask.to(torch.float64)).to(token_level_rewards.dtype)
-    n_valid = int(valid.sum())
-    valid_w = w[valid]
-    metrics = {
-        "ess": effective_sample_size(valid_w),
-        "ess_fraction": effective_sample_size(valid_w) / n_valid if n_valid else 0.0,
-        "max_weight": float(valid_w.max()) if n_valid else 0.0,
-        "mean_weight": float(valid_w.mean()) if n_valid else 0.0,
-        "clamped_fraction": clamped,
-        "valid_fraction": n_valid / size if size else 0.0,
+    metrics = weight_diagnostics(w, scalar, response_mask.to(torch.float64).sum(-1), carrying)
+    metrics["clamped_fraction"] = clamped
+    metrics["valid_fraction"] = float(valid.sum()) / size if size else 0.0
+    return WeightedAdvantage(token_adv, token_adv.clone(), new_mask, scores, scalar, w, metrics)
+
+
+def weight_diagnostics(
+    weights: torch.Tensor, scalar: torch.Tensor, lengths: torch.Tensor, carrying: torch.Tensor
+) -> dict[str, float]:
+    """ESS, weight extremes and ``max_row_share`` (largest ``|w·A|·len`` over its sum) over the rows that
+    carry gradient; all 0 when no row does."""
+    w = weights[carrying].to(torch.float64)
+    count = int(w.numel())
+    if count == 0:
+        keys = ("ess", "ess_fraction", "max_weight", "mean_weight", "max_row_share")
+        return {**dict.fromkeys(keys, 0.0), "gradient_rows": 0.0}
+    mass = (scalar[carrying].abs() * lengths[carrying]).to(torch.float64)
+    ess = effective_sample_size(w)
+    return {
+        "ess": ess,
+        "ess_fraction": ess / count,
+        "max_weight": float(w.max()),
+        "mean_weight": float(w.mean()),
+        "max_row_share": float(mass.max() / mass.sum()) if float(mass.sum()) > 0 else 0.0,
+        "gradient_rows": float(count),
     }
-    return WeightedAdvantage(token_adv, token_adv.clone(), new_mask, scalar, w, metrics)

@@ -34,7 +34,7 @@ from duet_verl.core.markers import MarkerSpec, build_detectors
 from duet_verl.core.rng import RolloutRandom
 from duet_verl.core.signals import SIGNALS
 
-__all__ = ["Action", "MonitorRecord", "Outcome", "StopAbortMonitor", "StopRuleConfig"]
+__all__ = ["ENGINE_ENDINGS", "Action", "MonitorRecord", "Outcome", "StopAbortMonitor", "StopRuleConfig"]
 
 
 class Action(IntEnum):
@@ -54,6 +54,10 @@ class Outcome(str, Enum):
     EPS_KEPT = "eps_kept"
     NATURAL_EOS = "natural_eos"
     LENGTH_CAP = "length_cap"
+    ENGINE_ABORTED = "engine_aborted"  # the engine ended the request itself (e.g. verl's abort_all_requests)
+
+
+ENGINE_ENDINGS = (Outcome.NATURAL_EOS, Outcome.LENGTH_CAP, Outcome.ENGINE_ABORTED)
 
 
 @dataclass(frozen=True)
@@ -215,14 +219,26 @@ class StopAbortMonitor:
                 return action, i + 1
         return Action.CONTINUE, len(texts)
 
-    def finish(self, length_capped: bool = False) -> MonitorRecord:
-        """Generation ended by itself (EOS or the length cap). Returns the final record."""
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens fed so far."""
+        return self._t
+
+    def finish(self, ended_by: Outcome = Outcome.NATURAL_EOS, length: int | None = None) -> MonitorRecord:
+        """The engine ended generation (``ended_by``: EOS, the length cap, or its own abort) after ``length``
+        tokens (default: the tokens fed). Returns the final record.
+
+        Also called when the engine did *not* carry out a decision: a stop that did not take effect becomes
+        ``ended_by`` with the real length; an abort decision stands (the rollout still leaves the loss)."""
+        if ended_by not in ENGINE_ENDINGS:
+            raise ValueError(f"ended_by must be one of {[o.value for o in ENGINE_ENDINGS]}, got {ended_by!r}")
         rec = self.record
-        rec.length = self._t
-        if rec.outcome is Outcome.RUNNING:
-            rec.outcome = Outcome.LENGTH_CAP if length_capped else Outcome.NATURAL_EOS
-        if rec.ended_at is None:
-            rec.ended_at = self._t
+        rec.length = self._t if length is None else int(length)
+        stop_not_applied = rec.outcome is Outcome.STOPPED_AFTER_MARKER
+        if rec.outcome is Outcome.RUNNING or stop_not_applied:
+            rec.outcome = ended_by
+        if rec.ended_at is None or stop_not_applied:
+            rec.ended_at = rec.length
         return rec
 
     # -- internals ---------------------------------------------------------------------------------

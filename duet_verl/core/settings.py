@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from duet_verl.core.advantage import ABORTED_BASELINE_RULES, SINGLETON_RULES
 from duet_verl.core.gates import THRESHOLD_MODES
 from duet_verl.core.markers import MARKER_DOMAINS, MarkerSpec
 from duet_verl.core.monitor import StopRuleConfig
@@ -170,6 +171,8 @@ class WeightSettings:
     max_weight: float = 1000.0
     self_normalize: bool = False
     singleton: str = "zero"
+    aborted_baseline: str = "failure"
+    failure_score: float = 0.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
@@ -179,7 +182,21 @@ class WeightSettings:
             "must be >= 1",
             self.max_weight,
         )
-        _require(self.singleton in ("zero", "raw"), "weights.singleton", "must be 'zero' or 'raw'", self.singleton)
+        _require(
+            self.singleton in SINGLETON_RULES, "weights.singleton", f"must be one of {SINGLETON_RULES}", self.singleton
+        )
+        _require(
+            self.aborted_baseline in ABORTED_BASELINE_RULES,
+            "weights.aborted_baseline",
+            f"must be one of {ABORTED_BASELINE_RULES}",
+            self.aborted_baseline,
+        )
+        _require(
+            isinstance(self.failure_score, int | float) and math.isfinite(self.failure_score),
+            "weights.failure_score",
+            "must be a finite number",
+            self.failure_score,
+        )
 
 
 @dataclass(frozen=True)

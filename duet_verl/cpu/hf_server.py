@@ -13,13 +13,7 @@ import torch
 from verl.workers.rollout.replica import TokenOutput
 
 from duet_verl.cpu.hf_engine import HFSamplingParams, HFStreamingEngine
-from duet_verl.rollout.monitoring import (
-    ABORT_FINISH_REASON,
-    MonitoredRequest,
-    monitored_generate,
-    split_duet_rule,
-    with_monitor,
-)
+from duet_verl.rollout.monitoring import ABORT_FINISH_REASON, monitored_generate, split_duet_rule, with_monitor
 
 __all__ = ["HFRolloutServer"]
 
@@ -31,15 +25,14 @@ class HFRolloutServer:
         self.engine = HFStreamingEngine(model, tokenizer)
         self.response_length, self.prompt_length = response_length, prompt_length
         self.global_steps: int | None = None
-        self._duet_requests: dict[str, MonitoredRequest] = {}
-        self._generate = monitored_generate(self.engine.generate, self._duet_requests)
+        self._generate = monitored_generate(self.engine.generate)
 
     async def generate(
         self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str, **kwargs: Any
     ) -> TokenOutput:
         """Generate one completion; kwargs verl passes for other engines (images, priority, ...) are ignored."""
         params, request = split_duet_rule(dict(sampling_params))
-        return await with_monitor(self._duet_requests, request_id, request, self._plain(prompt_ids, params, request_id))
+        return await with_monitor(request, self._plain(prompt_ids, params, request_id))
 
     async def _plain(self, prompt_ids: list[int], params: dict[str, Any], request_id: str) -> TokenOutput:
         budget = self.prompt_length + self.response_length - len(prompt_ids)

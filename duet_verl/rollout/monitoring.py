@@ -8,24 +8,32 @@ request. One output may carry several new tokens.
 :class:`MonitoredRequest` feeds each new token to a :class:`~duet_verl.core.monitor.StopAbortMonitor`.
 :func:`monitored_stream` wraps an engine's async generator: on a stop it closes the engine's stream
 (which aborts the request in the engine) and yields a final output cut at the decision, with the
-end-of-turn token appended; on an abort it yields the partial output with finish reason
-``"duet_abort"``. The appended end-of-turn token has no real log-prob: its entry is a placeholder
-(``0.0``) and the agent loop masks that position out of the loss (``synthetic_eos``).
+end-of-turn token appended (unless the decision fell on the last token ``max_tokens`` allows); on an abort
+it yields the partial output with finish reason ``"duet_abort"``. The appended end-of-turn token has no
+real log-prob: its entry is a placeholder (``0.0``) and the agent loop masks that position out of the loss
+(``synthetic_eos``). If closing the stream fails, the request runs to its natural end, the uncut output is
+returned finished and ``abort_failed`` is recorded.
+
+A server hands a request's monitor to the engine wrapper through a :class:`contextvars.ContextVar`
+(:func:`with_monitor` / :func:`monitored_generate`), never through a table keyed by request id: verl's
+``rollout.full_determinism`` gives every rollout the same request id (``det-{priority}``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from duet_verl.core.monitor import Action, StopAbortMonitor, StopRuleConfig
+from duet_verl.core.monitor import Action, Outcome, StopAbortMonitor, StopRuleConfig
 
 __all__ = [
     "ABORT_FINISH_REASON",
     "MonitoredRequest",
+    "engine_ending",
     "monitored_generate",
     "monitored_stream",
     "split_duet_rule",
@@ -36,6 +44,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ABORT_FINISH_REASON = "duet_abort"
+_ENGINE_FINISH = {"length": Outcome.LENGTH_CAP, "abort": Outcome.ENGINE_ABORTED}
+
+# The monitor of the request the current task is generating (set by `with_monitor`, read by the engine wrapper).
+_CURRENT_REQUEST: contextvars.ContextVar[MonitoredRequest | None] = contextvars.ContextVar(
+    "duet_monitored_request", default=None
+)
+
+
+def engine_ending(finish_reason: str | None) -> Outcome:
+    """How the engine ended a request, from vLLM's finish reason (``stop``/``length``/``abort``)."""
+    return _ENGINE_FINISH.get(finish_reason or "", Outcome.NATURAL_EOS)
 
 
 def top_logprobs_of(position: dict[int, Any], k: int) -> list[float]:
@@ -51,6 +70,7 @@ class MonitoredRequest:
         rule = dict(rule)
         self.eos_token_id = int(eos_token_id)
         self.top_k = top_k
+        self.max_tokens: int | None = None  # the engine's cap for this request, set by the engine wrapper
         self.monitor = StopAbortMonitor(StopRuleConfig.from_dict(rule))
         self.seen = 0  # tokens already fed
         self.decision: Action = Action.CONTINUE
@@ -65,10 +85,17 @@ class MonitoredRequest:
             return self.decision
         start = time.perf_counter_ns()
         token_ids, logprobs = completion.token_ids, completion.logprobs
+        if logprobs is None:
+            raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
         on_token, top_k = self.monitor.on_token, self.top_k
         for i in range(self.seen, len(token_ids)):
             position = logprobs[i]
-            text = position[token_ids[i]].decoded_token or ""
+            text = position[token_ids[i]].decoded_token
+            if text is None:
+                raise RuntimeError(
+                    "DUET's stop rule needs decoded tokens to find answer markers, but the engine returned "
+                    "decoded_token=None (detokenization is off for this request)"
+                )
             action = on_token(text, top_logprobs_of(position, top_k))
             if action is not Action.CONTINUE:
                 self.decision, self.decided_at, self.seen = action, i + 1, i + 1
@@ -79,9 +106,14 @@ class MonitoredRequest:
         return self.decision
 
     def finish(self, completion: Any) -> None:
-        """Record a natural end (EOS or length cap) of a request the monitor let run."""
+        """Record how the engine ended a request the monitor let run (EOS, length cap or the engine's abort)."""
         if self.decision is Action.CONTINUE:
-            self.monitor.finish(length_capped=getattr(completion, "finish_reason", None) == "length")
+            self.monitor.finish(engine_ending(completion.finish_reason), length=len(completion.token_ids))
+
+    def engine_kept_running(self, completion: Any) -> None:
+        """Closing the stream failed: the request ran to ``completion``, uncut. Record that honestly."""
+        self.abort_failed = True
+        self.monitor.finish(engine_ending(completion.finish_reason), length=len(completion.token_ids))
 
     def cut(self, output: Any) -> Any:
         """A copy of the cumulative ``output`` truncated at the decision, finished, with EOS appended on a stop."""
@@ -90,8 +122,9 @@ class MonitoredRequest:
         keep = self.decided_at or len(completion.token_ids)
         token_ids = list(completion.token_ids[:keep])
         logprobs = list(completion.logprobs[:keep]) if completion.logprobs is not None else None
+        room = self.max_tokens is None or keep < self.max_tokens
         if self.decision is Action.STOP:
-            if not token_ids or token_ids[-1] != self.eos_token_id:
+            if room and (not token_ids or token_ids[-1] != self.eos_token_id):
                 token_ids.append(self.eos_token_id)
                 self.synthetic_eos = True
                 if logprobs is not None:
@@ -115,7 +148,7 @@ class MonitoredRequest:
         """What goes into ``TokenOutput.extra_fields["duet"]``."""
         record = self.monitor.record
         if record.ended_at is None:
-            record.length = self.monitor._t
+            record.length = self.monitor.tokens_seen
         out = record.to_dict()
         out.update(synthetic_eos=self.synthetic_eos, abort_failed=self.abort_failed, monitor_ns=self.monitor_ns)
         return out
@@ -134,14 +167,16 @@ async def monitored_stream(stream: AsyncIterator[Any], request: MonitoredRequest
         try:
             await stream.aclose()  # aborts the request inside the engine
         except Exception:  # the rollout then simply runs to its natural end
-            request.abort_failed = True
             logger.warning("DUET: closing the engine stream failed; the rollout finishes normally", exc_info=True)
             try:
                 async for output in stream:
                     last = output
             except Exception:
                 logger.warning("DUET: the engine stream ended with an error after a failed abort", exc_info=True)
-            yield last
+            final = copy.copy(last)
+            final.finished = True
+            request.engine_kept_running(final.outputs[0])
+            yield final
             return
         yield request.cut(output)
         return
@@ -162,19 +197,22 @@ def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], Mo
     return params, MonitoredRequest(rule, eos_token_id, top_k)
 
 
-def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], requests: dict[str, MonitoredRequest]):
-    """Wrap an engine's ``generate(prompt, params, request_id, ...)`` so requests registered in ``requests``
-    ask for top-k log-probs (on a copy of their params, via ``params.clone()``) and run through the monitor.
-    Unregistered requests pass straight through."""
+def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]]):
+    """Wrap an engine's ``generate(prompt, params, request_id, ...)``: a request made while a monitor is
+    current (:func:`with_monitor`) asks for top-k log-probs and detokenized tokens (on a copy of its params,
+    via ``params.clone()``) and streams through the monitor. Other requests pass straight through."""
 
     async def generate(prompt, sampling_params, request_id, *args, **kwargs):
-        request = requests.get(request_id)
+        request = _CURRENT_REQUEST.get()
         if request is None:
             async for output in engine_generate(prompt, sampling_params, request_id, *args, **kwargs):
                 yield output
             return
         params = sampling_params.clone()
         params.logprobs = max(request.top_k, params.logprobs or 0)
+        if hasattr(params, "detokenize"):
+            params.detokenize = True
+        request.max_tokens = getattr(params, "max_tokens", None)
         stream = engine_generate(prompt, params, request_id, *args, **kwargs)
         async for output in monitored_stream(stream, request):
             yield output
@@ -182,17 +220,15 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], reque
     return generate
 
 
-async def with_monitor(
-    requests: dict[str, MonitoredRequest], request_id: str, request: MonitoredRequest | None, produce: Awaitable[Any]
-) -> Any:
+async def with_monitor(request: MonitoredRequest | None, produce: Awaitable[Any]) -> Any:
     """Await a server's ``produce`` (its plain ``generate`` coroutine, not started yet) with ``request``
-    registered for the engine wrapper, then attach the monitor's report to ``extra_fields["duet"]``."""
+    current for the engine wrapper, then attach the monitor's report to ``extra_fields["duet"]``."""
     if request is None:
         return await produce
-    requests[request_id] = request
+    token = _CURRENT_REQUEST.set(request)
     try:
         output = await produce
     finally:
-        requests.pop(request_id, None)
+        _CURRENT_REQUEST.reset(token)
     output.extra_fields["duet"] = request.report()
     return output

@@ -5,13 +5,15 @@ Only imported inside the rollout server process (through the replica loader regi
 
 How it hooks in, without copying verl's ``generate``:
 
-* ``generate`` takes the rollout's stop rule out of ``sampling_params["extra_args"]["duet"]``, remembers it
-  under the request id, calls verl's ``generate`` and attaches the monitor's record to
+* ``generate`` takes the rollout's stop rule out of ``sampling_params["extra_args"]["duet"]``, makes its
+  monitor current for this task (a context variable: request ids can repeat, see
+  :mod:`duet_verl.rollout.monitoring`), calls verl's ``generate`` and attaches the monitor's record to
   ``TokenOutput.extra_fields["duet"]``.
-* ``run_server`` wraps the engine's ``generate`` (an ``AsyncLLM`` instance attribute) so that requests with a
-  rule ask vLLM for top-k log-probs and stream through :func:`~duet_verl.rollout.monitoring.monitored_stream`,
-  which ends them early through the engine (closing ``AsyncLLM.generate`` aborts the request by its internal id;
-  verl's own ``abort_request`` looks requests up by the external id and does not work with vLLM 0.24).
+* ``run_server`` wraps the engine's ``generate`` (an ``AsyncLLM`` instance attribute) so that requests with
+  a monitor ask vLLM for top-k log-probs and detokenized tokens and stream through
+  :func:`~duet_verl.rollout.monitoring.monitored_stream`, which ends them early through the engine (closing
+  ``AsyncLLM.generate`` aborts the request by its internal id; verl's own ``abort_request`` looks requests up
+  by the external id and does not work with vLLM 0.24).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import ray
 from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
 
-from duet_verl.rollout.monitoring import MonitoredRequest, monitored_generate, split_duet_rule, with_monitor
+from duet_verl.rollout.monitoring import monitored_generate, split_duet_rule, with_monitor
 
 __all__ = ["DuetvLLMHttpServer", "DuetvLLMReplica"]
 
@@ -27,18 +29,14 @@ __all__ = ["DuetvLLMHttpServer", "DuetvLLMReplica"]
 class DuetvLLMHttpServer(vLLMHttpServer):
     """verl's vLLM server plus DUET's per-request stop/abort monitor."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._duet_requests: dict[str, MonitoredRequest] = {}
-
     async def run_server(self, args):
         await super().run_server(args)
-        self.engine.generate = monitored_generate(self.engine.generate, self._duet_requests)
+        self.engine.generate = monitored_generate(self.engine.generate)
 
     async def generate(self, prompt_ids, sampling_params, request_id, *args, **kwargs):
         sampling_params, request = split_duet_rule(sampling_params)
         plain = super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
-        return await with_monitor(self._duet_requests, request_id, request, plain)
+        return await with_monitor(request, plain)
 
 
 class DuetvLLMReplica(vLLMReplica):

@@ -4,8 +4,10 @@
   ``__rollout_n__`` (read natively by verl's ``AgentLoopWorkerTQ``), ``duet_p_pre``, ``duet_prompt_id``
   and ``duet_stop_rule`` (read by the ``duet_single_turn`` agent loop). Validation batches never pass here.
 * ``_compute_advantage``: with ``algorithm.adv_estimator=duet_grpo``, weight and mask the GRPO advantage
-  (aborted rollouts and padding rows get advantage 0 and response mask 0), write them back to
-  TransferQueue, then teach the surrogate and the gates from the step and log ``duet/*`` metrics.
+  (scores summed without the mask, as verl's GRPO; aborted rollouts and padding rows get advantage 0 and
+  both ``response_mask`` and ``loss_mask`` 0, so they leave the token-mean's numerator *and* denominator),
+  write them back to TransferQueue, then teach the surrogate and the gates from the step and log
+  ``duet/*`` metrics (``duet/score_mismatch`` checks DUET's scores against verl's sequence scores).
 * ``_save_checkpoint`` / ``_load_checkpoint``: DUET's state rides along in ``global_step_N/duet_state.json``.
 """
 
@@ -36,7 +38,24 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 DUET_STATE_FILE = "duet_state.json"
-_ADV_FIELDS = ["uid", "duet_prompt_id", "duet_p_pre", "response_mask", "rm_scores", "old_log_probs", "extra_fields"]
+_ADV_FIELDS = [
+    "uid",
+    "duet_prompt_id",
+    "duet_p_pre",
+    "response_mask",
+    "loss_mask",
+    "rm_scores",
+    "old_log_probs",
+    "extra_fields",
+]
+# The masks verl 0.9.1 reads for the policy loss: ``response_mask`` in ``ppo_loss`` (numerator of token-mean),
+# ``loss_mask`` in the FSDP and Megatron engines' ``forward_backward_batch`` (its denominator, batch_num_tokens).
+LOSS_MASK_FIELDS = ("response_mask", "loss_mask")
+
+
+def sequence_scores(rm_scores: torch.Tensor) -> torch.Tensor:
+    """verl's sequence score of each row of a jagged ``rm_scores``: every token's reward, no mask applied."""
+    return torch.stack([row.to(torch.float64).sum() for row in rm_scores.unbind()])
 
 
 def prompt_ids_of(batch: TensorDict) -> list[str]:
@@ -132,17 +151,22 @@ class DuetPPOTrainerSync(PPOTrainerSync):
             aborted=aborted,
             padding=padding,
         )
+        in_loss = ~(aborted | padding)
         fields = {
             "advantages": response_to_nested(out.advantages, nested_mask),
             "returns": response_to_nested(out.returns, nested_mask),
-            "response_mask": response_to_nested(out.response_mask.to(mask.dtype), nested_mask),
         }
+        for name in LOSS_MASK_FIELDS:
+            loss_mask = data[name].to_padded_tensor(padding=0) if name in data.keys() else mask
+            fields[name] = response_to_nested(loss_mask * in_loss.unsqueeze(-1).to(loss_mask.dtype), nested_mask)
         batch = tq.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, batch_size=size)
         )
+        real = ~padding
+        mismatch = (out.scores - sequence_scores(data["rm_scores"])).abs() > 1e-6
+        metrics["duet/score_mismatch"] = float(mismatch[real].sum())
         metrics.update({f"duet/{k}": v for k, v in out.metrics.items()})
         metrics.update(self._duet_plan_metrics)
-        real = ~padding
         prompt_ids = [str(p) for p in _column(data, "duet_prompt_id", size, "")]
         obs = StepObservation(
             prompt_ids=[p for p, keep in zip(prompt_ids, real.tolist(), strict=True) if keep],

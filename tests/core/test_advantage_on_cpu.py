@@ -74,12 +74,61 @@ def test_duet_advantage_masks_aborted_and_padding_and_weights_the_rest():
     )
     assert out.response_mask[1].sum() == 0 and out.response_mask[4].sum() == 0
     assert torch.all(out.advantages[1] == 0) and torch.all(out.advantages[4] == 0)
-    # group a over valid rows {0,2,3}: all rewards 1 -> zero advantage whatever the weight
-    assert torch.all(out.advantages == 0)
+    # group a by default: the aborted row counts as a failure, scores [1, 0, 1, 1]: mean 0.75, std 0.5
+    np.testing.assert_allclose(out.scalar_advantages.numpy(), [2 * 0.5, 0.0, 2 * 0.5, 40 * 0.5, 0.0], rtol=1e-5)
+    torch.testing.assert_close(out.advantages, out.scalar_advantages.unsqueeze(-1).float() * out.response_mask)
     np.testing.assert_allclose(out.weights.numpy(), [2.0, 0.0, 2.0, 40.0, 0.0])
-    assert out.metrics["valid_fraction"] == pytest.approx(0.6)
+    assert out.metrics["valid_fraction"] == pytest.approx(0.6) and out.metrics["gradient_rows"] == 3
     assert out.metrics["max_weight"] == 40.0
     assert out.metrics["ess"] == pytest.approx(44.0**2 / (4 + 4 + 1600))
+    assert out.metrics["max_row_share"] == pytest.approx(80 / (2 + 1 + 80))  # |w A| * tokens: 1*2, 1*1, 20*4
+    # the previous rule, behind a setting: aborted rows are left out, group a is all correct -> no signal
+    out = duet_advantage(
+        rewards,
+        mask,
+        index=["a", "a", "a", "a", "pad"],
+        p_pre=torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0]),
+        eps_kept=torch.tensor([False, False, False, True, False]),
+        aborted=torch.tensor([False, True, False, False, False]),
+        padding=torch.tensor([False, False, False, False, True]),
+        aborted_baseline="exclude",
+    )
+    assert torch.all(out.advantages == 0) and out.metrics["gradient_rows"] == 0 and out.metrics["ess"] == 0.0
+    with pytest.raises(ValueError, match="aborted_baseline"):
+        duet_advantage(rewards, mask, [0] * 5, aborted_baseline="drop")
+
+
+def test_score_ignores_the_mask_like_verl_so_a_stopped_rollout_keeps_its_reward():
+    """verl puts the reward on the last response position, which is the masked end-of-turn token of a stopped
+    rollout: the score must be the unmasked sum (as verl's GRPO), or every stopped rollout scores 0."""
+    rewards = torch.zeros(4, 5)
+    rewards[:, -1] = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    mask = torch.ones(4, 5)
+    mask[:2, -1] = 0  # rows 0, 1 were stopped: synthetic end-of-turn masked out
+    out = duet_advantage(rewards, mask, ["g"] * 4)
+    assert out.scores.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert torch.all(out.advantages == 0)  # four correct answers: no signal, not (-0.87, -0.87, +0.87, +0.87)
+    rewards[3, -1] = 0.0  # one wrong (natural) answer: stopped and natural correct answers are treated alike
+    out = duet_advantage(rewards, mask, ["g"] * 4)
+    a = out.scalar_advantages
+    assert a[0] == a[1] == a[2] > 0 > a[3]
+
+
+def test_aborted_failures_give_a_lonely_rollout_a_baseline_and_self_normalisation_uses_gradient_rows():
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    mask = torch.ones(4, 2)
+    aborted = torch.tensor([False, True, False, False])
+    index = ["a", "a", "b", "b"]
+    out = duet_advantage(rewards, mask, index, aborted=aborted)
+    # group a: one valid rollout plus one failure -> a real baseline; group b: all correct -> no signal
+    assert out.scalar_advantages[0] > 0 and out.scalar_advantages[2] == out.scalar_advantages[3] == 0
+    out = duet_advantage(rewards, mask, index, aborted=aborted, aborted_baseline="exclude")
+    assert out.scalar_advantages[0] == 0  # a group of one
+    p_pre = torch.tensor([0.25, 0.25, 1.0, 1.0])
+    out = duet_advantage(rewards, mask, index, p_pre=p_pre, aborted=aborted, self_normalize=True)
+    # only row 0 carries gradient: its weight is normalised to 1, whatever rows 2 and 3 weigh
+    assert out.weights[0] == pytest.approx(1.0) and out.metrics["mean_weight"] == pytest.approx(1.0)
+    assert out.metrics["ess_fraction"] == pytest.approx(1.0) and out.metrics["max_row_share"] == pytest.approx(1.0)
 
 
 def test_duet_advantage_defaults_reduce_to_grpo():

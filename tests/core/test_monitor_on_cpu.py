@@ -83,7 +83,7 @@ def test_eps_kept_runs_free_to_the_end():
     mon = StopAbortMonitor(config(eps_abort=1.0))
     action, used = run(mon, [("x", CONFIDENT)] * 90 + [("\\boxed{1}", CONFIDENT)] + [("x", CONFIDENT)] * 20)
     assert action is Action.CONTINUE
-    rec = mon.finish(length_capped=True)
+    rec = mon.finish(Outcome.LENGTH_CAP)
     assert rec.outcome is Outcome.EPS_KEPT and rec.length == 111 and rec.marker_at is None
 
 
@@ -101,7 +101,28 @@ def test_natural_end_and_length_cap_records():
     assert mon.finish().outcome is Outcome.NATURAL_EOS
     mon = StopAbortMonitor(config())
     run(mon, [("x", UNSURE)] * 15)
-    assert mon.finish(length_capped=True).outcome is Outcome.LENGTH_CAP
+    assert mon.finish(Outcome.LENGTH_CAP).outcome is Outcome.LENGTH_CAP
+    mon = StopAbortMonitor(config())
+    run(mon, [("x", UNSURE)] * 15)
+    rec = mon.finish(Outcome.ENGINE_ABORTED)
+    assert rec.outcome is Outcome.ENGINE_ABORTED and rec.length == rec.ended_at == 15
+    with pytest.raises(ValueError, match="ended_by"):
+        StopAbortMonitor(config()).finish(Outcome.ABORTED)
+
+
+def test_decisions_the_engine_did_not_carry_out():
+    """A stop that did not take effect becomes the engine's ending with the real length; an abort stands."""
+    mon = StopAbortMonitor(config())
+    action, used = run(mon, [("\\boxed{1}", CONFIDENT)] + [("x", CONFIDENT)] * 200)
+    assert action is Action.STOP and mon.record.outcome is Outcome.STOPPED_AFTER_MARKER
+    rec = mon.finish(Outcome.NATURAL_EOS, length=used + 40)
+    assert rec.outcome is Outcome.NATURAL_EOS and rec.length == rec.ended_at == used + 40
+    assert rec.marker_at is not None
+    mon = StopAbortMonitor(config(eps_abort=0.0))
+    action, used = run(mon, [("x", CONFIDENT)] * 300)
+    assert action is Action.ABORT
+    rec = mon.finish(Outcome.LENGTH_CAP, length=300)
+    assert rec.outcome is Outcome.ABORTED and rec.length == 300 and rec.ended_at == used
 
 
 def test_cap_below_deadline_never_aborts():

@@ -49,7 +49,12 @@ def test_short_quickstart_trains_duet_and_grpo_through_verl(tmp_path):
         "duet/ess",
         "duet/max_weight",
         "duet/surrogate_calibration",
+        "duet/score_mismatch",
+        "duet/max_row_share",
         "actor/pg_loss",
     ):
         assert key in logged, key
+    steps = [r["data"] for r in rows if "duet/score_mismatch" in r["data"]]
+    assert len(steps) == 2 and all(d["duet/score_mismatch"] == 0 for d in steps)  # DUET scores as verl does
+    assert duet["score_mismatch"] == 0
     assert any(k.startswith("val-core/duet_toy_arith/acc/mean@") for k in logged)

@@ -1,25 +1,25 @@
 """The engine-agnostic stream monitor on vLLM-shaped outputs, and the CPU engine/server that share it."""
 
 import asyncio
-import math
 from dataclasses import dataclass
 
 import pytest
 
 from duet_verl.core.controller import DuetController, rollout_stop_rule
 from duet_verl.core.settings import DuetSettings
-from duet_verl.cpu.hf_engine import CompletionOutput, HFSamplingParams, HFStreamingEngine, Logprob, RequestOutput
+from duet_verl.cpu.hf_engine import HFSamplingParams, HFStreamingEngine
 from duet_verl.rollout.monitoring import (
     ABORT_FINISH_REASON,
     MonitoredRequest,
     monitored_generate,
     split_duet_rule,
     top_logprobs_of,
+    with_monitor,
 )
 
+from scripted_engine import SURE, UNSURE, Logprob, Params, ScriptedEngine
+
 EOS = 99
-SURE = (math.log(0.999), math.log(0.0005))
-UNSURE = (math.log(0.5), math.log(0.4))
 
 
 def rule(**kw):
@@ -40,58 +40,25 @@ def rule(**kw):
 
 
 @dataclass
-class ScriptedEngine:
-    """Streams a fixed token script as cumulative vLLM-shaped outputs, ``per_output`` tokens at a time."""
+class Collected:
+    """What a server's plain ``generate`` returns: the engine outputs plus ``extra_fields``."""
 
-    script: list  # (token_id, text, (lp1, lp2))
-    per_output: int = 1
-    fail_close: bool = False
-    closed: bool = False
-    produced: int = 0
-
-    def generate(self, prompt, params, request_id):
-        engine = self
-
-        class Stream:
-            def __init__(self):
-                self.ids, self.lps = [], []
-
-            def __aiter__(self):
-                return self
-
-            async def __anext__(self):
-                if engine.closed or engine.produced >= len(engine.script):
-                    raise StopAsyncIteration
-                for _ in range(engine.per_output):
-                    if engine.produced >= len(engine.script):
-                        break
-                    tid, text, (a, b) = engine.script[engine.produced]
-                    engine.produced += 1
-                    self.ids.append(tid)
-                    self.lps.append({tid: Logprob(a, 1, text), 1000 + tid: Logprob(b, 2, "?")})
-                finished = engine.produced >= len(engine.script)
-                completion = CompletionOutput(0, "", self.ids, self.lps, "stop" if finished else None)
-                return RequestOutput(request_id, [completion], finished)
-
-            async def aclose(self):
-                if engine.fail_close:
-                    raise RuntimeError("engine refused the abort")
-                engine.closed = True
-
-        return Stream()
+    outputs: list
+    extra_fields: dict
 
 
-class Params:
-    logprobs = None
+async def collect(engine, request, params=None, request_id="r"):
+    """A server's request: the engine stream consumed under ``with_monitor`` (``request`` current)."""
 
-    def clone(self):
-        return Params()
+    async def produce():
+        stream = monitored_generate(engine.generate)([1, 2], params or Params(), request_id)
+        return Collected([o async for o in stream], {})
+
+    return (await with_monitor(request, produce())).outputs
 
 
-async def collect(engine, request):
-    requests = {"r": request} if request is not None else {}
-    outs = [o async for o in monitored_generate(engine.generate, requests)([1, 2], Params(), "r")]
-    return outs
+def gather(engine, request, params=None):
+    return asyncio.run(collect(engine, request, params))
 
 
 def script_with_marker(n_before=4, n_after=10, sure_after=True):
@@ -105,7 +72,7 @@ def script_with_marker(n_before=4, n_after=10, sure_after=True):
 def test_stop_cuts_at_decision_appends_eos_and_closes_engine(per_output):
     engine = ScriptedEngine(script_with_marker(), per_output=per_output)
     request = MonitoredRequest(rule(), EOS)
-    outs = asyncio.run(collect(engine, request))
+    outs = gather(engine, request)
     final = outs[-1]
     assert final.finished and engine.closed
     comp = final.outputs[0]
@@ -121,28 +88,91 @@ def test_stop_cuts_at_decision_appends_eos_and_closes_engine(per_output):
 def test_abort_without_marker_returns_partial_tokens():
     engine = ScriptedEngine([(i, "x", SURE) for i in range(40)])
     request = MonitoredRequest(rule(), EOS)
-    final = asyncio.run(collect(engine, request))[-1]
+    final = gather(engine, request)[-1]
     comp = final.outputs[0]
     assert comp.finish_reason == ABORT_FINISH_REASON and engine.closed
     assert comp.token_ids == list(range(14)) and EOS not in comp.token_ids  # k2 + grace
     assert request.report()["outcome"] == "aborted" and not request.report()["synthetic_eos"]
 
 
-def test_failed_abort_lets_the_rollout_finish_and_counts_it():
-    engine = ScriptedEngine([(i, "x", SURE) for i in range(40)], fail_close=True)
+def test_failed_abort_returns_the_finished_uncut_rollout_and_records_it():
+    engine = ScriptedEngine([(i, "x", SURE) for i in range(40)], fail_close=True, finish_reason="length")
     request = MonitoredRequest(rule(), EOS)
-    final = asyncio.run(collect(engine, request))[-1]
-    assert len(final.outputs[0].token_ids) == 40
-    assert request.report()["abort_failed"]
+    final = gather(engine, request)[-1]
+    assert final.finished and final.outputs[0].token_ids == list(range(40))
+    assert final.outputs[0].finish_reason == "length"
+    report = request.report()
+    # the abort decision stands (the rollout leaves the loss), with the real length
+    assert report["abort_failed"] and report["outcome"] == "aborted" and report["length"] == 40
+    engine = ScriptedEngine(script_with_marker(), fail_close=True)
+    request = MonitoredRequest(rule(), EOS)
+    final = gather(engine, request)[-1]
+    comp = final.outputs[0]
+    assert final.finished and len(comp.token_ids) == 15 and EOS not in comp.token_ids
+    report = request.report()
+    # a stop that did not take effect: the rollout ended naturally, no synthetic end-of-turn token
+    assert report["abort_failed"] and report["outcome"] == "natural_eos" and report["length"] == 15
+    assert not report["synthetic_eos"]
+
+
+def test_an_abort_by_the_engine_itself_is_recorded_as_such():
+    engine = ScriptedEngine([(i, "x", UNSURE) for i in range(6)], finish_reason="abort")
+    request = MonitoredRequest(rule(k1=10, k2=20), EOS)
+    final = gather(engine, request)[-1]
+    assert final.outputs[0].finish_reason == "abort"
+    assert request.report()["outcome"] == "engine_aborted" and request.report()["length"] == 6
+
+
+def test_a_stop_on_the_last_allowed_token_appends_no_end_of_turn():
+    engine = ScriptedEngine(script_with_marker())
+    request = MonitoredRequest(rule(), EOS)
+    final = gather(engine, request, Params(max_tokens=8))[-1]
+    comp = final.outputs[0]
+    assert comp.token_ids == [0, 1, 2, 3, 50, 60, 61, 62] and comp.finish_reason == "stop"
+    report = request.report()
+    assert report["outcome"] == "stopped_after_marker" and not report["synthetic_eos"] and report["length"] == 8
+    # one more token of room: the end-of-turn token is appended
+    request = MonitoredRequest(rule(), EOS)
+    final = gather(ScriptedEngine(script_with_marker()), request, Params(max_tokens=9))[-1]
+    assert final.outputs[0].token_ids[-1] == EOS and request.report()["synthetic_eos"]
+
+
+def test_monitored_requests_ask_for_detokenized_topk_on_a_copy_and_fail_without_text():
+    engine = ScriptedEngine(script_with_marker())
+    params = Params(logprobs=None, detokenize=False)
+    gather(engine, MonitoredRequest(rule(), EOS, top_k=3), params)
+    assert engine.received is not params and engine.received.detokenize and engine.received.logprobs == 3
+    assert params.detokenize is False and params.logprobs is None
+    with pytest.raises(RuntimeError, match="decoded_token=None"):
+        gather(ScriptedEngine(script_with_marker(), decoded=False), MonitoredRequest(rule(), EOS))
+
+
+def test_concurrent_requests_sharing_one_request_id_keep_their_own_monitor():
+    """verl's full_determinism names every rollout ``det-{priority}``: monitors must not be keyed by id."""
+    stop_engine, abort_engine = (
+        ScriptedEngine(script_with_marker()),
+        ScriptedEngine([(i, "x", SURE) for i in range(40)]),
+    )
+    stop_request, abort_request = MonitoredRequest(rule(), EOS), MonitoredRequest(rule(), EOS)
+
+    async def both():
+        return await asyncio.gather(
+            collect(stop_engine, stop_request, request_id="det-0"),
+            collect(abort_engine, abort_request, request_id="det-0"),
+        )
+
+    stopped, aborted = asyncio.run(both())
+    assert stop_request.report()["outcome"] == "stopped_after_marker" and stopped[-1].outputs[0].token_ids[-1] == EOS
+    assert abort_request.report()["outcome"] == "aborted" and len(aborted[-1].outputs[0].token_ids) == 14
 
 
 def test_unmonitored_request_passes_through_and_natural_end_is_recorded():
     engine = ScriptedEngine([(i, "x", UNSURE) for i in range(5)])
-    outs = asyncio.run(collect(engine, None))
+    outs = gather(engine, None)
     assert len(outs) == 5 and outs[-1].outputs[0].token_ids == [0, 1, 2, 3, 4]
     engine = ScriptedEngine([(i, "x", UNSURE) for i in range(5)])
     request = MonitoredRequest(rule(k1=10, k2=20), EOS)
-    asyncio.run(collect(engine, request))
+    gather(engine, request)
     assert request.report()["outcome"] == "natural_eos" and request.report()["length"] == 5
 
 
@@ -214,13 +244,7 @@ def test_monitor_through_the_cpu_engine_matches_config(tiny_assets):
     )
     plan = DuetController(settings, group_size=8, response_cap=20).plan(["q"], step=1)
     request = MonitoredRequest(rollout_stop_rule(plan.stop_rules[0], "q/0"), tokenizer.eos_token_id)
-    requests = {"r": request}
-
-    async def run():
-        params = HFSamplingParams(max_tokens=20, ignore_eos=True, seed=0)
-        return [o async for o in monitored_generate(engine.generate, requests)([5, 6], params, "r")]
-
-    final = asyncio.run(run())[-1]
+    final = gather(engine, request, HFSamplingParams(max_tokens=20, ignore_eos=True, seed=0))[-1]
     # a random model never writes <answer>..</answer>: aborted at k2 + grace = 14 + 3
     assert request.report()["outcome"] == "aborted"
     assert len(final.outputs[0].token_ids) == int(0.7 * 20) + 3

@@ -92,7 +92,11 @@ def test_prompt_ids_need_an_index():
 
 
 def _trajectory(uid, pid, p_pre, length, reward, outcome, logprob=-0.5):
+    """One TransferQueue row as verl writes it: reward on the last position; a stopped rollout's last position is
+    its synthetic end-of-turn token, masked out by DUET's agent loop."""
     mask = torch.ones(length, dtype=torch.int64)
+    if outcome == "stopped_after_marker":
+        mask[-1] = 0
     scores = torch.zeros(length)
     scores[-1] = reward
     return {
@@ -100,6 +104,7 @@ def _trajectory(uid, pid, p_pre, length, reward, outcome, logprob=-0.5):
         "duet_prompt_id": pid,
         "duet_p_pre": p_pre,
         "response_mask": mask,
+        "loss_mask": mask.clone(),
         "rm_scores": scores,
         "old_log_probs": torch.full((length,), logprob),
         "extra_fields": {"duet_outcome": outcome, "duet_monitor_ns": 1000 * length, "duet_abort_failed": False},
@@ -117,7 +122,7 @@ def test_compute_advantage_weights_masks_and_learns(tmp_path):
     trainer._duet_plan_metrics = {"duet/budget_tokens": 100.0}
     rows = [
         _trajectory("A", "toy/a", 0.5, 5, 1.0, "natural_eos"),
-        _trajectory("A", "toy/a", 0.5, 6, 0.0, "stopped_after_marker"),
+        _trajectory("A", "toy/a", 0.5, 6, 1.0, "stopped_after_marker"),
         _trajectory("A", "toy/a", 0.5, 8, 0.0, "aborted"),
         _trajectory("A", "toy/a", 0.5, 7, 1.0, "eps_kept"),
         _trajectory("B", "toy/b", 1.0, 4, 1.0, "natural_eos"),  # singleton group
@@ -127,24 +132,30 @@ def test_compute_advantage_weights_masks_and_learns(tmp_path):
     meta = put_step(rows, tags)
     metrics = {}
     trainer._compute_advantage(meta, metrics)
-    out = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=["advantages", "response_mask"])
+    fields = ["advantages", "response_mask", "loss_mask"]
+    out = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=fields)
     adv = out["advantages"].to_padded_tensor(padding=0.0)
     mask = out["response_mask"].to_padded_tensor(padding=0)
-    base = grpo_group_advantage(torch.tensor([1.0, 0.0, 1.0]), [0, 0, 0])  # valid rows of A: 0, 1, 3
-    expected_scalar = [2.0 * base[0], 2.0 * base[1], 0.0, 2.0 * 20.0 * base[2], 0.0, 0.0]
+    # group A: the stopped row keeps its reward; the aborted row counts as a failure in the baseline only
+    base = grpo_group_advantage(torch.tensor([1.0, 1.0, 0.0, 1.0]), [0, 0, 0, 0])
+    expected_scalar = [2.0 * base[0], 2.0 * base[1], 0.0, 2.0 * 20.0 * base[3], 0.0, 0.0]
     for row, value in enumerate(expected_scalar):
-        length = rows[row]["response_mask"].numel()
-        assert adv[row, :length] == pytest.approx(torch.full((length,), float(value)), abs=1e-5), row
-    assert mask[2].sum() == 0 and mask[5].sum() == 0 and mask[0].sum() == 5
+        row_mask = rows[row]["response_mask"].to(torch.float32)
+        length = row_mask.numel()
+        assert adv[row, :length] == pytest.approx(float(value) * row_mask, abs=1e-5), row
+    assert mask[2].sum() == 0 and mask[5].sum() == 0 and mask[0].sum() == 5 and mask[1].sum() == 5
+    assert torch.equal(out["loss_mask"].to_padded_tensor(padding=0), mask)
+    assert metrics["duet/score_mismatch"] == 0.0
     assert metrics["duet/rate_aborted"] == pytest.approx(1 / 5) and metrics["duet/rate_eps_kept"] == pytest.approx(
         1 / 5
     )
-    assert metrics["duet/max_weight"] == pytest.approx(40.0) and metrics["duet/tokens_generated"] == 30
-    assert metrics["duet/tokens_vs_budget"] == pytest.approx(0.3)
-    assert metrics["duet/monitor_ns_per_token"] == pytest.approx(1000.0) and metrics["duet/abort_failed"] == 0.0
+    assert metrics["duet/max_weight"] == pytest.approx(40.0) and metrics["duet/tokens_generated"] == 29
+    # generated tokens: the stopped row's appended end-of-turn token was not generated (masked out)
+    assert metrics["duet/tokens_vs_budget"] == pytest.approx(0.29)
+    assert metrics["duet/monitor_ns_per_token"] == pytest.approx(30000 / 29) and metrics["duet/abort_failed"] == 0.0
     # the surrogate learnt prompt a (2+ kept rollouts) and the kept lengths (aborted excluded)
     assert trainer.duet.surrogate.observations("toy/a") == 1 and trainer.duet.surrogate.observations("toy/b") == 0
-    assert trainer.duet.plan(["toy/a"], step=2).lengths[0] == pytest.approx(6.0)
+    assert trainer.duet.plan(["toy/a"], step=2).lengths[0] == pytest.approx((5 + 5 + 7) / 3)
     tq.kv_clear(keys=meta.keys, partition_id="train")
 
 
