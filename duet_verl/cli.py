@@ -8,7 +8,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``duet-verl`` console script."""
-    from duet_verl.quickstart import QuickstartConfig
+    from duet_verl.demo.quickstart import QuickstartConfig
 
     defaults = QuickstartConfig()
     parser = argparse.ArgumentParser(prog="duet-verl", description="DUET token-budget allocation for verl.")
@@ -50,20 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from duet_verl.bench import main as bench_main
+        from duet_verl.tools.bench import main as bench_main
 
         if args.repeats < 1:
             parser.error("--repeats must be >= 1")
         return bench_main(args.repeats)
     if args.command == "quickstart":
-        from duet_verl.quickstart import QuickstartConfig, parse_policy, run_quickstart
+        from duet_verl.demo.quickstart import QuickstartConfig, parse_policy, run_quickstart
 
         policies = [p for p in args.policies.split(",") if p.strip()]
         tasks = [t for t in args.task.split(",") if t.strip()]
         try:
             for p in policies:
                 parse_policy(p)
-            from duet_verl.tasks import make_problems
+            from duet_verl.demo.tasks import make_problems
 
             make_problems(tasks, 1, 0)
         except ValueError as err:
@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         run_quickstart(cfg)
         return 0
     if args.command == "report":
-        from duet_verl.report import write_report
+        from duet_verl.tools.report import write_report
 
         write_report(args.run_dir, args.out)
         return 0
     if args.command == "score-prompts":
-        from duet_verl.scoring import score_prompts
+        from duet_verl.tools.score_prompts import score_prompts
 
         score_prompts(args.model, args.input, args.output, args.column, args.batch_size)
         return 0

@@ -4,21 +4,17 @@
 verl only logs plug-in import errors at DEBUG level, so :func:`assert_registered` is called by the
 entry point and the trainer to fail loudly when registration did not happen.
 ``VERL_USE_EXTERNAL_MODULES=duet_verl.plugin`` is the fallback for installs without entry points.
+:func:`assert_registered` checks verl's registries themselves, so it fails wherever it is called if they lack
+DUET's entries, whatever this module's own state.
 """
 
 from __future__ import annotations
 
-import logging
-
 __all__ = ["assert_registered", "register"]
-
-logger = logging.getLogger(__name__)
-
-_REGISTERED = False
 
 
 def _load_duet_vllm_replica():
-    from duet_verl.rollout.vllm_server import DuetvLLMReplica
+    from duet_verl.adapters.vllm_server import DuetvLLMReplica
 
     return DuetvLLMReplica
 
@@ -32,46 +28,39 @@ def _load_hf_replica():
 def register() -> None:
     """Register the CPU platform/engines, the ``duet_grpo`` estimator, the ``duet_single_turn`` agent loop,
     the DUET vLLM replica and the ``hf`` (CPU) rollout backend."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
     from duet_verl.cpu.platform import register_cpu_backend
 
     register_cpu_backend()  # first: before anything asks verl for its platform
     from verl.trainer.ppo.core_algos import register_adv_est
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    from duet_verl.algos import DUET_ESTIMATOR, compute_duet_grpo_advantage
+    from duet_verl.adapters.compat import register_rollout_adapter
+    from duet_verl.adapters.estimator import DUET_ESTIMATOR, compute_duet_grpo_advantage
 
-    register_adv_est(DUET_ESTIMATOR)(compute_duet_grpo_advantage)
-    import duet_verl.rollout.agent_loop  # noqa: F401  (registers the agent loop)
+    register_adv_est(DUET_ESTIMATOR)(compute_duet_grpo_advantage)  # re-registering the same function is allowed
+    import duet_verl.adapters.agent_loop  # noqa: F401  (registers the agent loop)
 
     RolloutReplicaRegistry.register("vllm", _load_duet_vllm_replica)
     RolloutReplicaRegistry.register("hf", _load_hf_replica)
-    from verl.workers.rollout import base as rollout_base
-
-    # verl has no register function for rollout adapters: this dict is the registry (key: (name, mode)).
-    rollout_base._ROLLOUT_REGISTRY[("hf", "async")] = "duet_verl.cpu.hf_rollout.HFServerAdapter"
-    _REGISTERED = True
+    register_rollout_adapter("hf", "async", "duet_verl.cpu.hf_rollout.HFServerAdapter")
 
 
 def assert_registered() -> None:
     """Raise ``RuntimeError`` unless DUET's estimator, agent loop and vLLM replica are registered in verl."""
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    from duet_verl.algos import DUET_ESTIMATOR
-    from duet_verl.rollout.agent_loop import DUET_AGENT_LOOP
+    from duet_verl.adapters.agent_loop import DUET_AGENT_LOOP
+    from duet_verl.adapters.compat import agent_loop_names, rollout_replica_loader
+    from duet_verl.adapters.estimator import DUET_ESTIMATOR, compute_duet_grpo_advantage
 
     missing = []
-    if DUET_ESTIMATOR not in ADV_ESTIMATOR_REGISTRY:
+    if ADV_ESTIMATOR_REGISTRY.get(DUET_ESTIMATOR) is not compute_duet_grpo_advantage:
         missing.append(f"advantage estimator '{DUET_ESTIMATOR}'")
-    if DUET_AGENT_LOOP not in _agent_loop_registry:
+    if DUET_AGENT_LOOP not in agent_loop_names():
         missing.append(f"agent loop '{DUET_AGENT_LOOP}'")
-    if RolloutReplicaRegistry._registry.get("vllm") is not _load_duet_vllm_replica:
+    if rollout_replica_loader("vllm") is not _load_duet_vllm_replica:
         missing.append("the DUET vLLM replica (rollout 'vllm')")
-    if RolloutReplicaRegistry._registry.get("hf") is not _load_hf_replica:
+    if rollout_replica_loader("hf") is not _load_hf_replica:
         missing.append("the CPU rollout backend (rollout 'hf')")
     if missing:
         raise RuntimeError(

@@ -10,7 +10,7 @@ python3 -m duet_verl.main "${CPU[@]}" \
   actor_rollout_ref.model.path="$OUT/assets/model" actor_rollout_ref.actor.optim.lr=2e-4 \
   actor_rollout_ref.actor.ppo_mini_batch_size=16 actor_rollout_ref.actor.use_dynamic_bsz=True \
   actor_rollout_ref.actor.use_kl_loss=False actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True \
-  reward.custom_reward_function.path="$(python3 -c 'import duet_verl.reward as r; print(r.__file__)')" \
+  reward.custom_reward_function.path="$(python3 -c 'import duet_verl.demo.reward as r; print(r.__file__)')" \
   reward.custom_reward_function.name=compute_score \
   trainer.logger='[console,file]' trainer.total_training_steps=16 trainer.test_freq=4 trainer.save_freq=-1 \
   duet.budget=0.5 duet.stop.min_tokens=16 duet.stop.grace=16 duet.gates.update_every=2 \

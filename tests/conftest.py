@@ -7,7 +7,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """(path, tokenizer, model) of a tiny randomly initialised Qwen2 model with a byte-level tokenizer."""
-    from duet_verl.cpu.assets import build_tiny_model, build_tokenizer
+    from duet_verl.demo.assets import build_tiny_model, build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_model")
     tokenizer = build_tokenizer()

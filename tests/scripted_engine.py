@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from duet_verl.rollout.monitoring import monitored_generate, split_duet_rule, with_monitor
+from duet_verl.adapters.stream_monitor import monitored_generate, split_duet_rule, with_monitor
 
 SURE = (math.log(0.999), math.log(0.0005))  # margin ~0.9985
 UNSURE = (math.log(0.5), math.log(0.4))  # margin 0.1
@@ -124,13 +124,15 @@ class ScriptedServer:
 
     engines: list[ScriptedEngine]
     max_tokens: int = 1000
-    calls: list = field(default_factory=list)
+    calls: list = field(default_factory=list)  # the sampling params of each call
+    monitors: list = field(default_factory=list)  # the MonitoredRequest each call ran (None without a rule)
 
     async def generate(self, prompt_ids, sampling_params, request_id, **kwargs):
         from verl.workers.rollout.replica import TokenOutput
 
         self.calls.append(sampling_params)
         params, request = split_duet_rule(dict(sampling_params))
+        self.monitors.append(request)
         engine = self.engines.pop(0)
 
         async def plain():
@@ -154,10 +156,14 @@ class InProcessServerManager:
     """verl's ``LLMServerClient.generate`` contract, calling one server in this process instead of over Ray."""
 
     def __init__(self, server):
-        self.server = server
+        self.server, self.calls = server, []
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        self.calls.append(sampling_params)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("mm_processor_output", "priority")}
-        return await self.server.generate(
+        output = await self.server.generate(
             prompt_ids=prompt_ids, sampling_params=sampling_params, request_id=request_id, **kwargs
         )
+        output.extra_fields.setdefault("min_global_steps", output.extra_fields.get("global_steps"))
+        output.extra_fields.setdefault("max_global_steps", output.extra_fields.get("global_steps"))
+        return output

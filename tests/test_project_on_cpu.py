@@ -42,3 +42,16 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
     assert "duet-verl" in demo and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'grep -m1 -E "^python3 .*\[test\]" README.md' in ci  # CI takes the command from the README
+
+
+def test_readme_layout_matches_the_package_tree():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### The layout", 1)[1].split("```", 2)[1]
+    listed = {ln.split()[0].rstrip("/") for ln in block.splitlines()[2:] if ln.startswith("  ") and ln.strip()}
+    package = ROOT / "duet_verl"
+    actual = {p.name.removesuffix(".py") + (".py" if p.suffix == ".py" else "") for p in package.iterdir()}
+    actual -= {"__init__.py", "__pycache__"}
+    assert listed == actual
+    for path in re.findall(r"`((?:duet_verl/)?(?:adapters|core|cpu|demo|tools)/[\w/]+\.py)", text):
+        relative = path.removeprefix("duet_verl/")
+        assert (package / relative).exists(), path

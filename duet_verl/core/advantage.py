@@ -23,14 +23,18 @@ Rows are rollouts, shaped like verl's estimators: ``token_level_rewards`` and ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from duet_verl.core.monitor import StopRuleConfig
+
 __all__ = [
     "WeightedAdvantage",
+    "check_weight_options",
     "duet_advantage",
     "effective_sample_size",
     "group_ids_to_int",
@@ -65,8 +69,7 @@ def grpo_group_advantage(
 
     Invalid rows get 0. ``singleton`` decides what a group with one valid rollout gets (see module doc).
     """
-    if singleton not in SINGLETON_RULES:
-        raise ValueError(f"singleton must be one of {SINGLETON_RULES}, got {singleton!r}")
+    check_weight_options(singleton=singleton)
     scores = scores.to(torch.float64)
     size = scores.shape[0]
     groups = group_ids_to_int(index).to(scores.device)
@@ -92,15 +95,14 @@ def importance_weights(
     p_pre: torch.Tensor,
     eps_kept: torch.Tensor,
     eps_abort: float,
-    max_weight: float = 1000.0,
+    max_weight: float,
     self_normalize: bool = False,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``w = clamp(1 / p_pre * (1 / eps_abort if eps_kept else 1), max=max_weight)``; 0 on invalid rows."""
     if not (0.0 < eps_abort <= 1.0):
         raise ValueError(f"eps_abort must be in (0, 1], got {eps_abort!r}")
-    if not max_weight >= 1.0:
-        raise ValueError(f"max_weight must be >= 1, got {max_weight!r}")
+    check_weight_options(max_weight=max_weight)
     p_pre = p_pre.to(torch.float64)
     if torch.any(~torch.isfinite(p_pre)) or torch.any(p_pre <= 0):
         raise ValueError("p_pre must be finite and > 0")
@@ -109,6 +111,24 @@ def importance_weights(
     if valid is not None:
         w = torch.where(valid.to(torch.bool), w, torch.zeros_like(w))
     return normalize_weights(w, valid) if self_normalize else w
+
+
+def check_weight_options(
+    *,
+    max_weight: float = 1.0,
+    singleton: str = SINGLETON_RULES[0],
+    aborted_baseline: str = ABORTED_BASELINE_RULES[0],
+    failure_score: float = 0.0,
+) -> None:
+    """Raise ``ValueError`` (message starting with the parameter's name) unless the given options are valid."""
+    if not (isinstance(max_weight, int | float) and math.isfinite(max_weight) and max_weight >= 1.0):
+        raise ValueError(f"max_weight must be a finite number >= 1, got {max_weight!r}")
+    if singleton not in SINGLETON_RULES:
+        raise ValueError(f"singleton must be one of {SINGLETON_RULES}, got {singleton!r}")
+    if aborted_baseline not in ABORTED_BASELINE_RULES:
+        raise ValueError(f"aborted_baseline must be one of {ABORTED_BASELINE_RULES}, got {aborted_baseline!r}")
+    if not (isinstance(failure_score, int | float) and math.isfinite(failure_score)):
+        raise ValueError(f"failure_score must be a finite number, got {failure_score!r}")
 
 
 def normalize_weights(weights: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,7 +167,7 @@ def duet_advantage(
     eps_kept: torch.Tensor | None = None,
     aborted: torch.Tensor | None = None,
     padding: torch.Tensor | None = None,
-    eps_abort: float = 0.05,
+    eps_abort: float = StopRuleConfig.eps_abort,
     max_weight: float = 1000.0,
     self_normalize: bool = False,
     norm_by_std: bool = True,
@@ -156,14 +176,17 @@ def duet_advantage(
     aborted_baseline: str = "failure",
     failure_score: float = 0.0,
 ) -> WeightedAdvantage:
-    """DUET's weighted, abort-masked GRPO advantage. Missing per-rollout fields default to the GRPO case."""
+    """DUET's weighted, abort-masked GRPO advantage. Missing per-rollout fields default to the GRPO case.
+
+    The defaults of the options are DUET's (``duet.weights.*`` reads them from this signature)."""
     if token_level_rewards.shape != response_mask.shape or token_level_rewards.dim() != 2:
         raise ValueError(
             f"token_level_rewards {tuple(token_level_rewards.shape)} and response_mask "
             f"{tuple(response_mask.shape)} must be the same (B, T) shape"
         )
-    if aborted_baseline not in ABORTED_BASELINE_RULES:
-        raise ValueError(f"aborted_baseline must be one of {ABORTED_BASELINE_RULES}, got {aborted_baseline!r}")
+    check_weight_options(
+        max_weight=max_weight, singleton=singleton, aborted_baseline=aborted_baseline, failure_score=failure_score
+    )
     size, device = token_level_rewards.shape[0], token_level_rewards.device
 
     def flag(x: torch.Tensor | None) -> torch.Tensor:

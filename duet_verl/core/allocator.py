@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Allocation", "allocate_rollouts", "token_budget"]
+__all__ = ["Allocation", "allocate_rollouts", "check_allocation_options", "token_budget"]
 
 _MAX_BISECTION_STEPS = 200
 
@@ -50,8 +50,7 @@ class Allocation:
 def token_budget(expected_lengths: np.ndarray, group_size: int, budget_fraction: float) -> float:
     """``B = b * M * G * mean(L)``: the fraction ``b`` of what uniform GRPO with ``G`` rollouts would spend."""
     _check_positive_int("group_size", group_size)
-    if not (0.0 < budget_fraction <= 1.0) or not np.isfinite(budget_fraction):
-        raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction!r}")
+    check_allocation_options(budget_fraction=budget_fraction)
     lengths = np.asarray(expected_lengths, dtype=np.float64)
     return float(budget_fraction * group_size * lengths.sum())
 
@@ -179,10 +178,31 @@ def _validate(scores, expected_lengths, budget, n_min, n_max, eps_pre) -> tuple[
         raise ValueError("expected_lengths must be finite and > 0 (found NaN, inf or a non-positive value)")
     if not np.isfinite(budget) or budget <= 0:
         raise ValueError(f"budget must be a finite positive number of tokens, got {budget!r}")
+    check_allocation_options(n_min=n_min, n_max=n_max, eps_pre=eps_pre)
+    return s, lengths
+
+
+def check_allocation_options(
+    *,
+    budget_fraction: float | None = None,
+    n_min: int = 1,
+    n_max: int = 1,
+    eps_pre: float = 1.0,
+    group_size: int | None = None,
+) -> None:
+    """Raise ``ValueError`` (message starting with the parameter's name) unless the given allocation options are
+    valid; with ``budget_fraction`` and ``group_size``, also that the budget leaves ``n_min`` rollouts per prompt
+    (``b * G >= n_min``)."""
+    if budget_fraction is not None and not (isinstance(budget_fraction, int | float) and 0.0 < budget_fraction <= 1.0):
+        raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction!r}")
     _check_positive_int("n_min", n_min)
     _check_positive_int("n_max", n_max)
     if n_min > n_max:
         raise ValueError(f"n_min ({n_min}) must not exceed n_max ({n_max})")
-    if not (0.0 < eps_pre <= 1.0):
+    if not (isinstance(eps_pre, int | float) and 0.0 < eps_pre <= 1.0):
         raise ValueError(f"eps_pre must be in (0, 1], got {eps_pre!r}")
-    return s, lengths
+    if budget_fraction is not None and group_size is not None and budget_fraction * group_size < n_min:
+        raise ValueError(
+            f"budget_fraction times rollout.n ({group_size}) must be >= n_min ({n_min}) (n_min rollouts per prompt), "
+            f"got {budget_fraction!r}"
+        )

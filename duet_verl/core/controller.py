@@ -2,26 +2,32 @@
 
 :class:`DuetController` owns the surrogate and the K1/K2 gates. ``plan`` turns a batch of prompt ids
 (and optional cold-start features) into rollout counts, propensities and per-prompt stop rules;
-``observe`` folds the step's rollouts back in and returns ``duet/*`` metrics. Its ``state_dict`` is
-all a checkpoint needs to continue identically.
+``advantage`` weights and masks the step's GRPO advantage; ``observe`` folds the step's rollouts back in
+and returns every ``duet/*`` metric of the step. Its ``state_dict`` is all a checkpoint needs to continue
+identically; loading one restores learned state only (the current settings win).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from duet_verl.core.advantage import WeightedAdvantage, duet_advantage
 from duet_verl.core.allocator import Allocation, allocate_rollouts, token_budget
 from duet_verl.core.gates import GateEstimator, stop_thresholds
-from duet_verl.core.monitor import Outcome, StopRuleConfig
-from duet_verl.core.rng import rollout_seed
+from duet_verl.core.monitor import Outcome
+from duet_verl.core.protocol import PromptStopRule, RolloutReport
 from duet_verl.core.settings import DuetSettings
 from duet_verl.core.surrogate import PromptSurrogate, group_signal_std, pearson
 
-__all__ = ["DuetController", "StepObservation", "StepPlan", "rollout_stop_rule"]
+__all__ = ["DuetController", "StepObservation", "StepPlan"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class StepPlan:
     lengths: np.ndarray
     cold: np.ndarray
     thresholds: np.ndarray
-    stop_rules: list[dict[str, Any] | None]  # per prompt; None when stopping is disabled
+    stop_rules: list[PromptStopRule | None]  # per prompt; None when stopping is disabled
 
     @property
     def n(self) -> np.ndarray:
@@ -68,45 +74,33 @@ class StepPlan:
 
 @dataclass(frozen=True)
 class StepObservation:
-    """One step's rollouts, flattened (one entry per rollout; padding rows already removed)."""
+    """One step's real rollouts (padding rows removed), one entry per rollout."""
 
     prompt_ids: Sequence[str]
-    response_lengths: np.ndarray
-    outcomes: Sequence[str]
-    scalar_advantages: np.ndarray  # weighted, token-mean advantage per rollout
+    response_lengths: np.ndarray  # generated tokens (an appended end-of-turn token not counted)
+    reports: Sequence[RolloutReport]
+    scalar_advantages: np.ndarray  # weighted advantage per rollout (the signal sigma_t is computed from)
     seq_logprob_sums: np.ndarray  # sum_t log pi_old(y_t) per rollout
-    features: dict[str, np.ndarray] | None = None  # prompt id -> cold-start feature vector
-
-
-def rollout_stop_rule(prompt_rule: dict[str, Any], rollout_id: str) -> dict[str, Any]:
-    """Complete a prompt-level stop rule into one rollout's ``StopRuleConfig`` dict (adds its seed)."""
-    rule = dict(prompt_rule)
-    rule["seed"] = rollout_seed(rule.pop("run_seed"), rule.pop("step"), rollout_id)
-    return rule
+    score_mismatch: int = 0  # rollouts whose DUET score differed from the trainer's own sequence score
 
 
 class DuetController:
-    """Plans each batch (allocation + stop rules) and learns from its rollouts."""
+    """Plans each batch (allocation + stop rules), computes its advantage, learns from its rollouts, and produces
+    every ``duet/*`` metric of the step."""
 
     def __init__(self, settings: DuetSettings, group_size: int, response_cap: int, num_features: int = 1):
         self.settings = settings.validate(group_size)
         self.group_size, self.response_cap = group_size, response_cap
         sur = settings.surrogate
-        kwargs = dict(
-            default_length=float(response_cap),
-            sigma_min=sur.sigma_min,
-            k_warmup=sur.k_warmup,
-            max_prompts=sur.max_prompts,
-            length_window=sur.length_window,
-            ridge_l2=sur.ridge_l2,
-            ridge_decay=sur.ridge_decay,
-        )
+        kwargs = dict(default_length=float(response_cap), **sur.surrogate_kwargs())
         if sur.ridge_file:
             self.surrogate = PromptSurrogate.from_ridge_file(sur.ridge_file, **kwargs)
         else:
             self.surrogate = PromptSurrogate(num_features=num_features, **kwargs)
         self.gates = GateEstimator(cap=response_cap, **asdict(settings.gates))
-        self._last_scores: dict[str, float] = {}
+        self.last_plan: StepPlan | None = None
+        self._features: dict[str, np.ndarray] = {}
+        self._advantage_metrics: dict[str, float] = {}
 
     @property
     def num_features(self) -> int:
@@ -114,7 +108,7 @@ class DuetController:
         return self.surrogate.ridge.num_features
 
     def plan(self, prompt_ids: Sequence[Any], step: int, features: np.ndarray | None = None) -> StepPlan:
-        """Allocate rollouts for a batch and build each prompt's stop rule."""
+        """Allocate rollouts for a batch and build each prompt's stop rule; kept as :attr:`last_plan`."""
         ids = [str(p) for p in prompt_ids]
         pred = self.surrogate.predict(ids, features)
         s = self.settings
@@ -124,60 +118,104 @@ class DuetController:
         thresholds = stop_thresholds(
             pred.scores, pred.lengths, stop.threshold_mode, stop.threshold_low, stop.threshold_high
         )
-        rules: list[dict[str, Any] | None] = [None] * len(ids)
+        rules: list[PromptStopRule | None] = [None] * len(ids)
         if stop.enable:
-            template = StopRuleConfig(
-                k1=self.gates.k1, k2=self.gates.k2, threshold=0.5, seed=0, **stop.rule_kwargs()
-            ).to_dict()
-            del template["seed"]
-            rules = [{**template, "threshold": float(t), "run_seed": s.seed, "step": int(step)} for t in thresholds]
-        self._last_scores = dict(zip(ids, pred.scores.tolist(), strict=True))
-        return StepPlan(step, ids, alloc, pred.scores, pred.lengths, pred.cold, thresholds, rules)
+            rules = [stop.prompt_rule(self.gates.k1, self.gates.k2, float(t), s.seed, int(step)) for t in thresholds]
+        if features is not None:
+            self._features.update(zip(ids, np.asarray(features, dtype=np.float64), strict=True))
+        self.last_plan = StepPlan(step, ids, alloc, pred.scores, pred.lengths, pred.cold, thresholds, rules)
+        return self.last_plan
+
+    def advantage(
+        self,
+        token_level_rewards: torch.Tensor,
+        response_mask: torch.Tensor,
+        group_ids: Sequence[str],
+        reports: Sequence[RolloutReport],
+        padding: torch.Tensor,
+        p_pre: torch.Tensor,
+        norm_by_std: bool = True,
+    ) -> WeightedAdvantage:
+        """DUET's weighted, abort-masked GRPO advantage of a step (rows as verl's, padding rows flagged)."""
+        outcomes = [r.outcome for r in reports]
+        weights = self.settings.weights
+        out = duet_advantage(
+            token_level_rewards,
+            response_mask,
+            group_ids,
+            p_pre=p_pre,
+            eps_kept=torch.tensor([o is Outcome.EPS_KEPT for o in outcomes], dtype=torch.bool),
+            aborted=torch.tensor([o is Outcome.ABORTED for o in outcomes], dtype=torch.bool),
+            padding=padding,
+            eps_abort=self.settings.stop.eps_abort,
+            norm_by_std=norm_by_std,
+            **asdict(weights),
+        )
+        self._advantage_metrics = {f"duet/{k}": v for k, v in out.metrics.items()}
+        return out
 
     def observe(self, obs: StepObservation) -> dict[str, float]:
-        """Update the surrogate and the gates from a step's rollouts; returns ``duet/*`` metrics."""
+        """Update the surrogate and the gates from a step's rollouts; returns all of the step's ``duet/*`` metrics
+        (the last plan's, the last advantage's, and what the rollouts show)."""
         ids = np.asarray([str(p) for p in obs.prompt_ids], dtype=object)
         lengths = np.asarray(obs.response_lengths, dtype=np.float64)
-        outcomes = np.asarray(list(obs.outcomes), dtype=object)
+        outcomes = np.asarray([r.outcome.value for r in obs.reports], dtype=object)
         kept = outcomes != Outcome.ABORTED.value
         sigmas = group_signal_std(obs.scalar_advantages, obs.seq_logprob_sums, ids, kept)
         unique = list(dict.fromkeys(ids.tolist()))
         kept_lengths = {pid: [] for pid in unique}
         for pid, length in zip(ids[kept].tolist(), lengths[kept].tolist(), strict=True):
             kept_lengths[pid].append(length)
-        feats = None
-        if obs.features is not None:
-            feats = np.array([obs.features.get(pid, np.full(self.num_features, np.nan)) for pid in unique], dtype=float)
+        missing = np.full(self.num_features, np.nan)
+        feats = np.array([self._features.pop(pid, missing) for pid in unique], dtype=float)
         sigma_arr = np.array([sigmas.get(pid, np.nan) for pid in unique])
-        predicted = np.array([self._last_scores.get(pid, np.nan) for pid in unique])
+        planned = self.last_plan
+        predicted_by_id = dict(zip(planned.prompt_ids, planned.scores.tolist(), strict=True)) if planned else {}
+        predicted = np.array([predicted_by_id.get(pid, np.nan) for pid in unique])
         self.surrogate.update(unique, sigma_arr, [kept_lengths[p] for p in unique], features=feats)
         self.gates.observe(lengths[kept])
         gates_updated = self.gates.step()
         both = np.isfinite(sigma_arr) & np.isfinite(predicted)
-        metrics = {
-            "duet/tokens_generated": float(lengths.sum()),
-            "duet/rollouts": float(lengths.size),
-            "duet/surrogate_calibration": pearson(predicted[both], sigma_arr[both]),
-            "duet/observed_sigma_mean": float(np.nanmean(sigma_arr)) if np.isfinite(sigma_arr).any() else float("nan"),
-            "duet/k1": float(self.gates.k1),
-            "duet/k2": float(self.gates.k2),
-            "duet/gates_updated": float(gates_updated),
-            "duet/tracked_prompts": float(len(self.surrogate)),
-        }
+        metrics = {**(planned.metrics() if planned else {}), **self._advantage_metrics}
+        budget = metrics.get("duet/budget_tokens", float("nan"))
+        metrics.update(
+            {
+                "duet/tokens_generated": float(lengths.sum()),
+                "duet/tokens_vs_budget": float(lengths.sum()) / max(budget, 1.0),
+                "duet/rollouts": float(lengths.size),
+                "duet/score_mismatch": float(obs.score_mismatch),
+                "duet/surrogate_calibration": pearson(predicted[both], sigma_arr[both]),
+                "duet/observed_sigma_mean": (
+                    float(np.nanmean(sigma_arr)) if np.isfinite(sigma_arr).any() else float("nan")
+                ),
+                "duet/k1": float(self.gates.k1),
+                "duet/k2": float(self.gates.k2),
+                "duet/gates_updated": float(gates_updated),
+                "duet/tracked_prompts": float(len(self.surrogate)),
+            }
+        )
         for outcome in Outcome:
             if outcome is not Outcome.RUNNING:
-                metrics[f"duet/rate_{outcome.value}"] = (
-                    float(np.mean(outcomes == outcome.value)) if outcomes.size else 0.0
-                )
+                rate = float(np.mean(outcomes == outcome.value)) if outcomes.size else 0.0
+                metrics[f"duet/rate_{outcome.value}"] = rate
+        monitored = [r for r in obs.reports if r.monitored]
+        if monitored:
+            metrics["duet/monitor_ns_per_token"] = sum(r.monitor_ns for r in monitored) / max(lengths.sum(), 1.0)
+            metrics["duet/abort_failed"] = float(sum(r.abort_failed for r in monitored))
+        self._advantage_metrics = {}
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (plain Python)."""
         return {"version": 1, "surrogate": self.surrogate.state_dict(), "gates": self.gates.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output."""
+    def load_state_dict(self, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Restore the learned state of :meth:`state_dict` output; the current settings win. Returns (and logs)
+        the surrogate settings that differ from the checkpoint's."""
         if state.get("version") != 1:
             raise ValueError(f"unsupported DUET state version {state.get('version')!r}")
-        self.surrogate.load_state_dict(state["surrogate"])
+        changed = self.surrogate.load_state_dict(state["surrogate"])
         self.gates.load_state_dict(state["gates"])
+        for name, (saved, current) in changed.items():
+            logger.warning(f"DUET resume: surrogate setting {name} was {saved!r} in the checkpoint, now {current!r}")
+        return changed

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["THRESHOLD_MODES", "GateEstimator", "stop_thresholds"]
+__all__ = ["THRESHOLD_MODES", "GateEstimator", "check_threshold_options", "stop_thresholds"]
 
 
 class GateEstimator:
@@ -43,6 +43,9 @@ class GateEstimator:
         for name, value in (("window", window), ("update_every", update_every), ("min_samples", min_samples)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("k1_floor", k1_floor), ("min_gap", min_gap)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         self.cap, self.q1, self.q2 = cap, q1, q2
         self.update_every, self.min_samples = update_every, min_samples
         self.k1_floor, self.min_gap = k1_floor, min_gap
@@ -97,6 +100,17 @@ def _minmax01(values: np.ndarray) -> np.ndarray:
 THRESHOLD_MODES = ("batch_percentile", "linear", "log_scale")
 
 
+def check_threshold_options(threshold_mode: str, threshold_low: float, threshold_high: float) -> None:
+    """Raise ``ValueError`` (message starting with the parameter's name) unless the options are valid."""
+    if threshold_mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {threshold_mode!r}")
+    for name, value in (("threshold_low", threshold_low), ("threshold_high", threshold_high)):
+        if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    if threshold_low > threshold_high:
+        raise ValueError(f"threshold_low ({threshold_low}) must not exceed threshold_high ({threshold_high})")
+
+
 def stop_thresholds(
     scores: np.ndarray,
     expected_lengths: np.ndarray,
@@ -109,10 +123,7 @@ def stop_thresholds(
     Modes: ``batch_percentile`` (rank within the batch), ``linear`` (min-max of the rate),
     ``log_scale`` (min-max of its log). A batch of one prompt, or all-equal rates, gets the midpoint.
     """
-    if mode not in THRESHOLD_MODES:
-        raise ValueError(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
-    if not (0.0 <= low <= high <= 1.0):
-        raise ValueError(f"need 0 <= low <= high <= 1, got low={low!r}, high={high!r}")
+    check_threshold_options(mode, low, high)
     s = np.asarray(scores, dtype=np.float64)
     lengths = np.asarray(expected_lengths, dtype=np.float64)
     if s.ndim != 1 or s.shape != lengths.shape or s.size == 0:

@@ -218,11 +218,14 @@ class MarkerSpec:
     def __post_init__(self):
         unknown = [d for d in self.domains if d not in MARKER_DOMAINS]
         if unknown:
-            raise ValueError(f"unknown marker domain(s) {unknown}; known: {sorted(MARKER_DOMAINS)}")
+            raise ValueError(f"domains has unknown marker domain(s) {unknown}; known: {sorted(MARKER_DOMAINS)}")
         if not self.domains and not self.regexes:
-            raise ValueError("MarkerSpec needs at least one domain or regex")
+            raise ValueError("domains and regexes are both empty: at least one marker is needed")
         for pattern in self.regexes:
-            RegexMarker(pattern)  # validates
+            try:
+                RegexMarker(pattern)
+            except ValueError as err:
+                raise ValueError(f"regexes: {err}") from err
 
 
 def build_detectors(spec: MarkerSpec) -> list[MarkerDetector]:

@@ -98,10 +98,11 @@ class StopRuleConfig:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
         if self.signal not in SIGNALS:
             raise ValueError(f"signal must be one of {sorted(SIGNALS)}, got {self.signal!r}")
-        for name in ("eps_len", "eps_abort"):
-            value = getattr(self, name)
-            if not (0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not (isinstance(self.eps_len, int | float) and 0.0 <= self.eps_len <= 1.0):
+            raise ValueError(f"eps_len must be in [0, 1], got {self.eps_len!r}")
+        # > 0: an eps-kept rollout is weighted 1 / eps_abort, and without any the estimate would be biased
+        if not (isinstance(self.eps_abort, int | float) and 0.0 < self.eps_abort <= 1.0):
+            raise ValueError(f"eps_abort must be in (0, 1], got {self.eps_abort!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form for ``sampling_params["extra_args"]``."""
@@ -179,11 +180,6 @@ class StopAbortMonitor:
         self._signal = None if config.signal == "margin" else SIGNALS[config.signal]
         self._rng = RolloutRandom(config.seed)
 
-    @property
-    def done(self) -> bool:
-        """True once the monitor has decided to stop or abort (no more tokens expected)."""
-        return self.record.outcome in (Outcome.STOPPED_AFTER_MARKER, Outcome.ABORTED)
-
     def on_token(self, text: str, top_logprobs: Sequence[float]) -> Action:
         """Advance by one generated token. ``top_logprobs`` are in descending order (at least one)."""
         self._t += 1
@@ -210,14 +206,6 @@ class StopAbortMonitor:
         if self._t < self._next_check:
             return _CONTINUE
         return self._checkpoint()
-
-    def on_tokens(self, texts: Sequence[str], top_logprobs: Sequence[Sequence[float]]) -> tuple[Action, int]:
-        """Advance by several tokens; returns the first non-continue action and how many tokens were consumed."""
-        for i, (text, lps) in enumerate(zip(texts, top_logprobs, strict=True)):
-            action = self.on_token(text, lps)
-            if action is not Action.CONTINUE:
-                return action, i + 1
-        return Action.CONTINUE, len(texts)
 
     @property
     def tokens_seen(self) -> int:

@@ -1,71 +1,88 @@
 """DUET's knobs as validated dataclasses, built from the ``duet:`` config section (a plain mapping).
 
-Every invalid value raises ``ValueError`` naming its full key (``duet.stop.eps_abort``), so a bad config
-fails in the driver within seconds, before Ray or any model starts. Defaults are the paper's.
+One home for each default and each rule: a default is read from the signature of the core function or class
+that uses it (``allocate_rollouts``, ``StopRuleConfig``, ``GateEstimator``, ``PromptSurrogate``,
+``duet_advantage``, ``stop_thresholds``), and a value is checked by that same code; this module only relabels
+its error with the full config key (``duet.stop.eps_abort ...``), so a bad config fails in the driver within
+seconds, before Ray or any model starts. ``config/duet_trainer.yaml`` must equal ``DuetSettings()`` (a test checks
+it). Defaults are the paper's.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
-from duet_verl.core.advantage import ABORTED_BASELINE_RULES, SINGLETON_RULES
-from duet_verl.core.gates import THRESHOLD_MODES
-from duet_verl.core.markers import MARKER_DOMAINS, MarkerSpec
+from duet_verl.core.advantage import check_weight_options, duet_advantage
+from duet_verl.core.allocator import allocate_rollouts, check_allocation_options
+from duet_verl.core.gates import GateEstimator, check_threshold_options, stop_thresholds
+from duet_verl.core.markers import MarkerSpec
 from duet_verl.core.monitor import StopRuleConfig
-from duet_verl.core.signals import SIGNALS
+from duet_verl.core.protocol import PromptStopRule
+from duet_verl.core.surrogate import PromptSurrogate
 
 __all__ = ["DuetSettings", "GateSettings", "StopSettings", "SurrogateSettings", "WeightSettings"]
 
 
-def _require(ok: bool, key: str, message: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"duet.{key} {message}, got {value!r}")
+def _defaults(target: Callable) -> dict[str, Any]:
+    """Default values of ``target``'s parameters (a function, or a class's ``__init__``)."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(target).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _relabel(section: str, check: Callable[[], object], names: Mapping[str, str] | None = None) -> None:
+    """Run a core check; re-raise its ``ValueError`` under the config key ``duet.{section}{name}``. Core messages
+    start with the parameter's name; ``names`` maps parameter names to config names where they differ."""
+    try:
+        check()
+    except ValueError as err:
+        head, _, rest = str(err).partition(" ")
+        name = head.rstrip(":")
+        key = (names or {}).get(name, name)
+        raise ValueError(f"duet.{section}{key} {rest}") from err
 
 
-def _unit(key: str, value: Any, low_open: bool = False) -> None:
-    ok = isinstance(value, int | float) and math.isfinite(value) and (0 < value <= 1 if low_open else 0 <= value <= 1)
-    _require(ok, key, "must be in (0, 1]" if low_open else "must be in [0, 1]", value)
-
-
-def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
-    _require(_is_int(value) and value >= minimum, key, f"must be an integer >= {minimum}", value)
+_ALLOCATION = _defaults(allocate_rollouts)
+_RULE = {f.name: f.default for f in fields(StopRuleConfig) if f.default is not MISSING}
+_MARKERS = MarkerSpec()
+_THRESHOLDS = _defaults(stop_thresholds)
+_GATES = _defaults(GateEstimator)
+_SURROGATE = _defaults(PromptSurrogate)
+_WEIGHTS = _defaults(duet_advantage)
 
 
 @dataclass(frozen=True)
 class SurrogateSettings:
     """Surrogate of prompt informativeness (SPEC §1)."""
 
-    sigma_min: float = 1e-3
-    k_warmup: int = 1
-    max_prompts: int = 50_000
-    length_window: int = 1024
-    ridge_l2: float = 1.0
-    ridge_decay: float = 1.0
-    ridge_file: str | None = None
-    feature_key: str = "duet_prompt_logprob"
+    sigma_min: float = _SURROGATE["sigma_min"]
+    k_warmup: int = _SURROGATE["k_warmup"]
+    max_prompts: int = _SURROGATE["max_prompts"]
+    length_window: int = _SURROGATE["length_window"]
+    ridge_l2: float = _SURROGATE["ridge_l2"]
+    ridge_decay: float = _SURROGATE["ridge_decay"]
+    ridge_file: str | None = None  # JSON prior; its own sigma_min, when present, takes precedence
+    feature_key: str = "duet_prompt_logprob"  # the dataset column written by `duet-verl score-prompts`
+
+    def surrogate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~duet_verl.core.surrogate.PromptSurrogate`."""
+        names = ("sigma_min", "k_warmup", "max_prompts", "length_window", "ridge_l2", "ridge_decay")
+        return {name: getattr(self, name) for name in names}
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
-        _require(
-            self.sigma_min >= 0 and math.isfinite(self.sigma_min), "surrogate.sigma_min", "must be >= 0", self.sigma_min
+        _relabel(
+            "surrogate.",
+            lambda: PromptSurrogate(default_length=1.0, **self.surrogate_kwargs()),
+            {"l2": "ridge_l2", "decay": "ridge_decay"},
         )
-        _positive_int("surrogate.k_warmup", self.k_warmup)
-        _positive_int("surrogate.max_prompts", self.max_prompts)
-        _positive_int("surrogate.length_window", self.length_window)
-        _require(self.ridge_l2 > 0, "surrogate.ridge_l2", "must be > 0", self.ridge_l2)
-        _unit("surrogate.ridge_decay", self.ridge_decay, low_open=True)
-        _require(bool(self.feature_key), "surrogate.feature_key", "must be a non-empty column name", self.feature_key)
-
-
-# One source for the paper's stop defaults: the per-rollout config's own field defaults.
-_RULE_DEFAULTS = {f.name: f.default for f in fields(StopRuleConfig)}
+        if not (isinstance(self.feature_key, str) and self.feature_key):
+            raise ValueError(f"duet.surrogate.feature_key must be a non-empty column name, got {self.feature_key!r}")
 
 
 @dataclass(frozen=True)
@@ -73,130 +90,77 @@ class StopSettings:
     """Marker-gated stop/abort during generation (SPEC §3)."""
 
     enable: bool = True
-    min_tokens: int = _RULE_DEFAULTS["min_tokens"]
-    grace: int = _RULE_DEFAULTS["grace"]
-    check_every: int = _RULE_DEFAULTS["check_every"]
-    hysteresis: int = _RULE_DEFAULTS["hysteresis"]
-    signal: str = _RULE_DEFAULTS["signal"]
+    min_tokens: int = _RULE["min_tokens"]
+    grace: int = _RULE["grace"]
+    check_every: int = _RULE["check_every"]
+    hysteresis: int = _RULE["hysteresis"]
+    signal: str = _RULE["signal"]
     top_logprobs: int = 2
-    eps_len: float = _RULE_DEFAULTS["eps_len"]
-    eps_abort: float = _RULE_DEFAULTS["eps_abort"]
-    marker_domains: tuple[str, ...] = ("math", "generic")
-    marker_regexes: tuple[str, ...] = ()
-    threshold_mode: str = "batch_percentile"
-    threshold_low: float = 0.5
-    threshold_high: float = 0.99
+    eps_len: float = _RULE["eps_len"]
+    eps_abort: float = _RULE["eps_abort"]
+    marker_domains: tuple[str, ...] = _MARKERS.domains
+    marker_regexes: tuple[str, ...] = _MARKERS.regexes
+    threshold_mode: str = _THRESHOLDS["mode"]
+    threshold_low: float = _THRESHOLDS["low"]
+    threshold_high: float = _THRESHOLDS["high"]
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
-        _positive_int("stop.min_tokens", self.min_tokens, 0)
-        _positive_int("stop.grace", self.grace, 0)
-        _positive_int("stop.check_every", self.check_every)
-        _positive_int("stop.hysteresis", self.hysteresis)
-        _require(self.signal in SIGNALS, "stop.signal", f"must be one of {sorted(SIGNALS)}", self.signal)
-        _require(
-            _is_int(self.top_logprobs) and 2 <= self.top_logprobs <= 20,
-            "stop.top_logprobs",
-            "must be an integer in [2, 20]",
-            self.top_logprobs,
-        )
-        _unit("stop.eps_len", self.eps_len)
-        _unit("stop.eps_abort", self.eps_abort, low_open=True)
-        unknown = [d for d in self.marker_domains if d not in MARKER_DOMAINS]
-        _require(
-            not unknown,
-            "stop.marker_domains",
-            f"has unknown domain(s) {unknown}; known: {sorted(MARKER_DOMAINS)}",
-            list(self.marker_domains),
-        )
-        try:
-            self.markers()
-        except ValueError as err:
-            raise ValueError(f"duet.stop.marker_regexes: {err}") from err
-        _require(
-            self.threshold_mode in THRESHOLD_MODES,
-            "stop.threshold_mode",
-            f"must be one of {THRESHOLD_MODES}",
-            self.threshold_mode,
-        )
-        _unit("stop.threshold_low", self.threshold_low)
-        _unit("stop.threshold_high", self.threshold_high)
-        _require(
-            self.threshold_low <= self.threshold_high,
-            "stop.threshold_low",
-            "must not exceed threshold_high",
-            self.threshold_low,
-        )
+        _relabel("stop.", self.markers, {"domains": "marker_domains", "regexes": "marker_regexes"})
+        _relabel("stop.", lambda: self.prompt_rule(k1=0, k2=0, threshold=0.5, run_seed=0, step=0))
+        _relabel("stop.", lambda: check_threshold_options(self.threshold_mode, self.threshold_low, self.threshold_high))
 
     def markers(self) -> MarkerSpec:
         """The marker set for rollouts."""
         return MarkerSpec(domains=tuple(self.marker_domains), regexes=tuple(self.marker_regexes))
 
-    def rule_kwargs(self) -> dict[str, Any]:
-        """The fields a rollout's :class:`~duet_verl.core.monitor.StopRuleConfig` shares with these settings."""
+    def prompt_rule(self, k1: int, k2: int, threshold: float, run_seed: int, step: int) -> PromptStopRule:
+        """One prompt's stop rule with these settings and the step's gates and threshold."""
         shared = ("min_tokens", "grace", "check_every", "hysteresis", "signal", "eps_len", "eps_abort")
-        return {**{name: getattr(self, name) for name in shared}, "markers": self.markers()}
+        monitor = StopRuleConfig(
+            k1=k1,
+            k2=k2,
+            threshold=threshold,
+            seed=0,
+            markers=self.markers(),
+            **{name: getattr(self, name) for name in shared},
+        )
+        return PromptStopRule(monitor, top_logprobs=self.top_logprobs, run_seed=run_seed, step=step)
 
 
 @dataclass(frozen=True)
 class GateSettings:
-    """K1/K2 gate estimation (SPEC §3)."""
+    """K1/K2 gate estimation (SPEC §3); the names are :class:`~duet_verl.core.gates.GateEstimator`'s."""
 
-    k1_init: float = 0.3
-    k2_init: float = 0.7
-    q1: float = 0.3
-    q2: float = 0.8
-    window: int = 1024
-    update_every: int = 10
-    min_samples: int = 32
-    k1_floor: int = 32
-    min_gap: int = 50
+    k1_init: float = _GATES["k1_init"]
+    k2_init: float = _GATES["k2_init"]
+    q1: float = _GATES["q1"]
+    q2: float = _GATES["q2"]
+    window: int = _GATES["window"]
+    update_every: int = _GATES["update_every"]
+    min_samples: int = _GATES["min_samples"]
+    k1_floor: int = _GATES["k1_floor"]
+    min_gap: int = _GATES["min_gap"]
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
-        for name in ("k1_init", "k2_init", "q1", "q2"):
-            _unit(f"gates.{name}", getattr(self, name))
-        _require(self.k1_init <= self.k2_init, "gates.k1_init", "must not exceed k2_init", self.k1_init)
-        _require(self.q1 <= self.q2, "gates.q1", "must not exceed q2", self.q1)
-        for name in ("window", "update_every", "min_samples"):
-            _positive_int(f"gates.{name}", getattr(self, name))
-        _positive_int("gates.k1_floor", self.k1_floor, 0)
-        _positive_int("gates.min_gap", self.min_gap, 0)
+        _relabel("gates.", lambda: GateEstimator(cap=1000, **asdict(self)))
 
 
 @dataclass(frozen=True)
 class WeightSettings:
-    """Importance weights and the advantage (SPEC §4)."""
+    """Importance weights and the advantage (SPEC §4); the names are ``duet_advantage``'s."""
 
-    max_weight: float = 1000.0
-    self_normalize: bool = False
-    singleton: str = "zero"
-    aborted_baseline: str = "failure"
-    failure_score: float = 0.0
+    max_weight: float = _WEIGHTS["max_weight"]
+    self_normalize: bool = _WEIGHTS["self_normalize"]
+    singleton: str = _WEIGHTS["singleton"]
+    aborted_baseline: str = _WEIGHTS["aborted_baseline"]
+    failure_score: float = _WEIGHTS["failure_score"]
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
-        _require(
-            self.max_weight >= 1 and math.isfinite(self.max_weight),
-            "weights.max_weight",
-            "must be >= 1",
-            self.max_weight,
-        )
-        _require(
-            self.singleton in SINGLETON_RULES, "weights.singleton", f"must be one of {SINGLETON_RULES}", self.singleton
-        )
-        _require(
-            self.aborted_baseline in ABORTED_BASELINE_RULES,
-            "weights.aborted_baseline",
-            f"must be one of {ABORTED_BASELINE_RULES}",
-            self.aborted_baseline,
-        )
-        _require(
-            isinstance(self.failure_score, int | float) and math.isfinite(self.failure_score),
-            "weights.failure_score",
-            "must be a finite number",
-            self.failure_score,
-        )
+        options = {k: v for k, v in asdict(self).items() if k != "self_normalize"}
+        _relabel("weights.", lambda: check_weight_options(**options))
 
 
 @dataclass(frozen=True)
@@ -204,11 +168,11 @@ class DuetSettings:
     """The whole ``duet:`` section."""
 
     enable: bool = True
-    budget: float = 0.5
-    n_min: int = 1
-    n_max: int = 32
-    eps_pre: float = 0.05
-    cap_propensity: bool = True
+    budget: float = 0.5  # fraction b of GRPO's token cost; the paper's main setting
+    n_min: int = _ALLOCATION["n_min"]
+    n_max: int = _ALLOCATION["n_max"]
+    eps_pre: float = _ALLOCATION["eps_pre"]
+    cap_propensity: bool = _ALLOCATION["cap_propensity"]
     seed: int = 0
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
     stop: StopSettings = field(default_factory=StopSettings)
@@ -217,27 +181,39 @@ class DuetSettings:
 
     def validate(self, group_size: int | None = None) -> DuetSettings:
         """Check every value; with ``group_size`` (verl's ``rollout.n``) also that the budget is feasible."""
-        _unit("budget", self.budget, low_open=True)
-        _positive_int("n_min", self.n_min)
-        _positive_int("n_max", self.n_max)
-        _require(self.n_min <= self.n_max, "n_min", f"must not exceed n_max ({self.n_max})", self.n_min)
-        _unit("eps_pre", self.eps_pre, low_open=True)
-        _require(_is_int(self.seed), "seed", "must be an integer", self.seed)
-        if group_size is not None:
-            _require(
-                self.budget * group_size >= self.n_min,
-                "budget",
-                f"times rollout.n ({group_size}) must be >= duet.n_min ({self.n_min}) (n_min rollouts per prompt)",
-                self.budget,
-            )
+        _relabel(
+            "",
+            lambda: check_allocation_options(
+                budget_fraction=self.budget,
+                n_min=self.n_min,
+                n_max=self.n_max,
+                eps_pre=self.eps_pre,
+                group_size=group_size,
+            ),
+            {"budget_fraction": "budget"},
+        )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"duet.seed must be an integer, got {self.seed!r}")
         for part in (self.surrogate, self.stop, self.gates, self.weights):
             part.validate()
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form, tuples as lists (the shape of the YAML section)."""
+        return _plain(asdict(self))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> DuetSettings:
         """Build from a (possibly partial) mapping; unknown keys raise ``ValueError`` naming them."""
         return _build(cls, dict(data or {}), "")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _build(cls, data: dict[str, Any], prefix: str):

@@ -95,9 +95,11 @@ class OnlineRidge:
             "weights": self._weights.tolist(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output."""
-        self.__init__(int(state["num_features"]), float(state["l2"]), state["prior"], float(state["decay"]))
+    def load_statistics(self, state: dict[str, Any]) -> None:
+        """Restore the fitted statistics of :meth:`state_dict` output; this model's own ``l2``, ``decay`` and prior
+        stay as constructed (they are settings)."""
+        if int(state["num_features"]) != self.num_features:
+            raise ValueError(f"num_features: checkpoint has {state['num_features']}, this model {self.num_features}")
         self._xtx = np.asarray(state["xtx"], dtype=np.float64)
         self._xty = np.asarray(state["xty"], dtype=np.float64)
         self.count = int(state["count"])
@@ -161,8 +163,8 @@ class PromptSurrogate:
         except (KeyError, TypeError) as err:
             raise ValueError(f"{path}: ridge file needs 'intercept' and a 'coef' list") from err
         kwargs.setdefault("num_features", len(prior) - 1)
-        if "sigma_min" in data:
-            kwargs.setdefault("sigma_min", float(data["sigma_min"]))
+        if "sigma_min" in data:  # the fitted floor takes precedence over the configured one
+            kwargs["sigma_min"] = float(data["sigma_min"])
         return cls(ridge_prior=prior, **kwargs)
 
     def __len__(self) -> int:
@@ -267,21 +269,21 @@ class PromptSurrogate:
             "recent_features": [list(f) for f in self._recent_features],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (replaces the current state)."""
-        cfg = state["config"]
-        self.__init__(
-            default_length=cfg["default_length"],
-            sigma_min=cfg["sigma_min"],
-            k_warmup=cfg["k_warmup"],
-            max_prompts=cfg["max_prompts"],
-            length_window=cfg["length_window"],
-            feature_window=cfg["feature_window"],
-        )
-        self.ridge.load_state_dict(state["ridge"])
+    def load_state_dict(self, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Restore the *learned* state of :meth:`state_dict` output (per-prompt records, ridge statistics, recent
+        windows); this surrogate's own settings stay as constructed. Returns the settings that differ from the
+        checkpoint's, as ``{name: (checkpoint value, current value)}``."""
+        saved, current = state["config"], self.state_dict()["config"]
+        changed = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
+        self.ridge.load_statistics(state["ridge"])
         self._prompts = OrderedDict((str(pid), list(rec)) for pid, rec in state["prompts"])
+        while len(self._prompts) > self.max_prompts:
+            self._prompts.popitem(last=False)
+        self._recent_lengths.clear()
         self._recent_lengths.extend(float(x) for x in state["recent_lengths"])
+        self._recent_features.clear()
         self._recent_features.extend(tuple(float(v) for v in f) for f in state["recent_features"])
+        return changed
 
 
 def group_signal_std(

@@ -2,7 +2,7 @@
 
 It streams *cumulative* outputs with the same attribute shape as vLLM's ``RequestOutput`` (``outputs[0]``
 with ``token_ids``, ``logprobs`` as one ``{token_id: Logprob}`` dict per token, ``finish_reason``;
-``finished``), so DUET's stop/abort monitor (:mod:`duet_verl.rollout.monitoring`) runs unchanged on it.
+``finished``), so DUET's stop/abort monitor (:mod:`duet_verl.adapters.stream_monitor`) runs unchanged on it.
 
 Concurrent requests are decoded together: a scheduler task runs one forward pass per step over every
 active sequence (right-padded, no KV cache: recomputing is cheap for the tiny models this engine is

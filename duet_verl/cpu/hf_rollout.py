@@ -75,10 +75,6 @@ class HFServerActor:
         """Record the weight version."""
         await self.server.set_global_steps(global_steps)
 
-    async def weights_checksum(self) -> float:
-        """Sum of all parameters (tests use it to see weights move)."""
-        return float(sum(p.detach().double().sum() for p in self.server.engine.model.parameters()))
-
     async def abort_all_requests(self, reject_request: bool = False) -> dict[str, Any]:
         """Stop accepting requests until :meth:`resume_generation` (running ones finish)."""
         self._paused = True

@@ -1,7 +1,7 @@
 """A verl-compatible rollout server on :class:`~duet_verl.cpu.hf_engine.HFStreamingEngine` (token in, token out).
 
 ``generate`` has the signature of verl's vLLM server and returns verl's ``TokenOutput``; DUET's stop rule is
-applied exactly as in :class:`duet_verl.rollout.vllm_server.DuetvLLMHttpServer`, through the same
+applied exactly as in :class:`duet_verl.adapters.vllm_server.DuetvLLMHttpServer`, through the same
 ``split_duet_rule`` / ``monitored_generate`` / ``with_monitor`` helpers.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from verl.workers.rollout.replica import TokenOutput
 
+from duet_verl.adapters.stream_monitor import ABORT_FINISH_REASON, monitored_generate, split_duet_rule, with_monitor
 from duet_verl.cpu.hf_engine import HFSamplingParams, HFStreamingEngine
-from duet_verl.rollout.monitoring import ABORT_FINISH_REASON, monitored_generate, split_duet_rule, with_monitor
 
 __all__ = ["HFRolloutServer"]
 

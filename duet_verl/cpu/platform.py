@@ -212,9 +212,10 @@ def register_cpu_backend() -> None:
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
-    engines = EngineRegistry._engines
+    from duet_verl.adapters.compat import engine_devices
+
     for model_type, engine in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
-        if "cpu" not in engines.get(model_type, {}).get("fsdp2", {}):
+        if "cpu" not in engine_devices(model_type, "fsdp2"):
             EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device="cpu")(engine)
     if cpu_platform_wanted():
         patch_init_process_group()

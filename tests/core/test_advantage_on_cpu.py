@@ -44,16 +44,16 @@ def test_importance_weights_values_clamp_and_normalisation():
     w = importance_weights(p, kept, eps_abort=0.05, max_weight=1000.0)
     np.testing.assert_allclose(w.numpy(), [1.0, 40.0, 4.0, 1000.0])
     valid = torch.tensor([True, True, False, True])
-    w = importance_weights(p, kept, eps_abort=0.05, valid=valid)
+    w = importance_weights(p, kept, eps_abort=0.05, max_weight=1000.0, valid=valid)
     assert w[2] == 0.0
     wn = normalize_weights(w, valid)
     assert float(wn[valid].mean()) == pytest.approx(1.0)
     assert effective_sample_size(torch.ones(10)) == pytest.approx(10.0)
     assert effective_sample_size(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="eps_abort"):
-        importance_weights(p, kept, eps_abort=0.0)
+        importance_weights(p, kept, eps_abort=0.0, max_weight=1000.0)
     with pytest.raises(ValueError, match="p_pre"):
-        importance_weights(torch.tensor([0.0]), torch.tensor([False]), eps_abort=0.05)
+        importance_weights(torch.tensor([0.0]), torch.tensor([False]), eps_abort=0.05, max_weight=1000.0)
     with pytest.raises(ValueError, match="max_weight"):
         importance_weights(p, kept, eps_abort=0.05, max_weight=0.5)
 

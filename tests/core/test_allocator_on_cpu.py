@@ -83,7 +83,8 @@ def test_zero_score_gets_n_min_others_take_the_rest():
 
 
 def test_ties_at_breakpoint_are_topped_up_deterministically():
-    # 3 identical-rate prompts but budget for 10 rollouts: 3,3,3 then one more to the lowest index
+    # budget 110 = 11 rollouts of 10 tokens: the zero-score prompt gets n_min = 1, and the 3 identical-rate
+    # prompts share the other 10: 3, 3, 3, then the one left over goes to the lowest index
     scores = np.array([1.0, 1.0, 1.0, 0.0])
     lengths = np.full(4, 10.0)
     alloc = allocate_rollouts(scores, lengths, budget=110.0, n_min=1, n_max=32)

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from duet_verl.core.controller import DuetController, StepObservation, rollout_stop_rule
-from duet_verl.core.monitor import StopAbortMonitor, StopRuleConfig
+from duet_verl.core.controller import DuetController, StepObservation
+from duet_verl.core.monitor import Outcome, StopAbortMonitor
+from duet_verl.core.protocol import PromptStopRule, RolloutReport
 from duet_verl.core.settings import DuetSettings
 
 
@@ -17,13 +18,14 @@ def test_cold_batch_is_uniform_and_rules_are_complete():
     plan = ctl.plan([f"p{i}" for i in range(16)], step=1)
     assert np.all(plan.n == 4)  # no information: budget 0.5 * G=8 each
     assert plan.cold.all() and plan.allocation.spent <= plan.allocation.budget
-    rule = rollout_stop_rule(plan.stop_rules[0], "p0/3")
-    cfg = StopRuleConfig.from_dict(rule)
-    assert (cfg.k1, cfg.k2) == (int(0.3 * 256), int(0.7 * 256))
+    prompt_rule = PromptStopRule.from_dict(plan.stop_rules[0].to_dict())  # as it travels in the batch
+    assert prompt_rule == plan.stop_rules[0]
+    rule = prompt_rule.for_rollout("p0/3", eos_token_id=7)
+    cfg = rule.monitor
+    assert (cfg.k1, cfg.k2) == (int(0.3 * 256), int(0.7 * 256)) and rule.eos_token_id == 7 and rule.top_logprobs == 2
     StopAbortMonitor(cfg)  # builds
-    assert (
-        rollout_stop_rule(plan.stop_rules[0], "p0/3")["seed"] != rollout_stop_rule(plan.stop_rules[0], "p0/4")["seed"]
-    )
+    assert rule.monitor.seed != prompt_rule.for_rollout("p0/4", 7).monitor.seed
+    assert rule == prompt_rule.for_rollout("p0/3", 7)
     metrics = plan.metrics()
     assert metrics["duet/n_total"] == 64 and metrics["duet/cold_prompt_fraction"] == 1.0
 
@@ -33,8 +35,12 @@ def test_stop_disabled_gives_no_rules():
     assert plan.stop_rules == [None, None]
 
 
+def reports(*outcomes):
+    return [RolloutReport(Outcome(o), length=0) for o in outcomes]
+
+
 def _observe(ctl, ids, n_each, sigma_by_prompt, rng, length=100):
-    pids, adv, lp, lengths, outcomes = [], [], [], [], []
+    pids, adv, lp, lengths = [], [], [], []
     for pid in ids:
         for _ in range(n_each):
             pids.append(pid)
@@ -42,7 +48,7 @@ def _observe(ctl, ids, n_each, sigma_by_prompt, rng, length=100):
             adv.append(a)
             lp.append(1.0)
             lengths.append(length)
-            outcomes.append("natural_eos")
+    outcomes = reports(*["natural_eos"] * len(pids))
     return ctl.observe(StepObservation(pids, np.array(lengths), outcomes, np.array(adv), np.array(lp)))
 
 
@@ -54,6 +60,10 @@ def test_learning_shifts_rollouts_to_informative_prompts():
     ctl.plan(ids, step=1)
     metrics = _observe(ctl, ids, 8, sigma, rng)
     assert metrics["duet/rate_natural_eos"] == 1.0 and metrics["duet/tokens_generated"] == 6400
+    # the controller reports the plan it made too (kept as last_plan)
+    assert metrics["duet/n_total"] == 32 and metrics["duet/tokens_vs_budget"] == pytest.approx(
+        6400 / (0.5 * 8 * 8 * 256)
+    )
     plan = ctl.plan(ids, step=2)
     assert not plan.cold.any()
     assert plan.n[:2].min() > plan.n[2:].max()
@@ -68,7 +78,7 @@ def test_aborted_rollouts_do_not_count_as_kept_lengths():
         StepObservation(
             ["a", "a", "a"],
             np.array([10, 20, 999]),
-            ["natural_eos", "eps_kept", "aborted"],
+            reports("natural_eos", "eps_kept", "aborted"),
             np.array([1.0, -1.0, 0.0]),
             np.array([1.0, 1.0, 1.0]),
         )
@@ -88,3 +98,18 @@ def test_state_round_trip_continues_identically():
     assert pa.stop_rules == pb.stop_rules
     with pytest.raises(ValueError, match="version"):
         b.load_state_dict({"version": 99})
+
+
+def test_resume_restores_learned_state_and_keeps_the_current_settings():
+    rng = np.random.default_rng(2)
+    a = controller(surrogate={"k_warmup": 1})
+    ids = [f"p{i}" for i in range(4)]
+    a.plan(ids, 1)
+    _observe(a, ids, 4, {p: 1.0 for p in ids}, rng)
+    b = controller(surrogate={"k_warmup": 3, "sigma_min": 0.5})
+    changed = b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert changed == {"k_warmup": (1, 3), "sigma_min": (0.001, 0.5)}
+    assert b.surrogate.k_warmup == 3 and b.surrogate.sigma_min == 0.5  # the current config wins
+    assert b.surrogate.observations("p0") == 1  # the learned state came back
+    assert b.plan(ids, 2).cold.all()  # one observation < k_warmup=3: still cold under the new setting
+    assert not a.plan(ids, 2).cold.any()

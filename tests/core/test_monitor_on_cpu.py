@@ -21,7 +21,7 @@ def config(**kw):
         check_every=4,
         hysteresis=3,
         eps_len=0.0,
-        eps_abort=0.0,
+        eps_abort=1e-12,  # (0, 1]: practically never kept
     )
     base.update(kw)
     return StopRuleConfig(**base)
@@ -52,7 +52,6 @@ def test_phase_a_to_b_then_confident_stop_after_hysteresis():
     assert (action, used) == (Action.STOP, 6)
     rec = mon.record
     assert rec.outcome is Outcome.STOPPED_AFTER_MARKER and rec.length == rec.ended_at == 26
-    assert mon.done
 
 
 def test_marker_split_across_tokens_is_found_at_next_check():
@@ -118,7 +117,7 @@ def test_decisions_the_engine_did_not_carry_out():
     rec = mon.finish(Outcome.NATURAL_EOS, length=used + 40)
     assert rec.outcome is Outcome.NATURAL_EOS and rec.length == rec.ended_at == used + 40
     assert rec.marker_at is not None
-    mon = StopAbortMonitor(config(eps_abort=0.0))
+    mon = StopAbortMonitor(config(eps_abort=1e-12))
     action, used = run(mon, [("x", CONFIDENT)] * 300)
     assert action is Action.ABORT
     rec = mon.finish(Outcome.LENGTH_CAP, length=300)
@@ -135,16 +134,6 @@ def test_every_signal_can_stop(signal):
     mon = StopAbortMonitor(config(signal=signal, k1=0, min_tokens=1, check_every=1))
     action, used = run(mon, [("\\boxed{1}", CONFIDENT)] + [("x", CONFIDENT)] * 10)
     assert action is Action.STOP and used == 4
-
-
-def test_on_tokens_chunked_matches_per_token():
-    script = [("x", UNSURE)] * 19 + [("\\boxed{5}", UNSURE)] + [("y", CONFIDENT)] * 10
-    a = StopAbortMonitor(config())
-    b = StopAbortMonitor(config())
-    expected = run(a, script)
-    texts, lps = zip(*script, strict=True)
-    assert b.on_tokens(texts, lps) == expected
-    assert a.record == b.record
 
 
 def test_randomness_is_reproducible_and_matches_eps_abort():

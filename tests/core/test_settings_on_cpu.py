@@ -1,5 +1,12 @@
-import pytest
+import inspect
+from pathlib import Path
 
+import pytest
+import yaml
+
+import duet_verl
+from duet_verl.core.advantage import duet_advantage
+from duet_verl.core.monitor import StopRuleConfig
 from duet_verl.core.settings import DuetSettings
 
 
@@ -50,6 +57,18 @@ def test_from_mapping_partial_and_nested():
         ({"stop": {"bogus": 1}}, "duet.stop.bogus"),
         ({"stop": 3}, "duet.stop"),
         ({"stop": {"marker_domains": "math"}}, "duet.stop.marker_domains"),
+        ({"stop": {"marker_domains": [], "marker_regexes": []}}, "duet.stop.marker_domains"),
+        ({"stop": {"eps_abort": 1.5}}, "duet.stop.eps_abort"),
+        ({"stop": {"eps_len": -0.1}}, "duet.stop.eps_len"),
+        ({"stop": {"hysteresis": 0}}, "duet.stop.hysteresis"),
+        ({"stop": {"threshold_high": 2}}, "duet.stop.threshold_high"),
+        ({"surrogate": {"ridge_l2": 0}}, "duet.surrogate.ridge_l2"),
+        ({"surrogate": {"ridge_decay": 0}}, "duet.surrogate.ridge_decay"),
+        ({"surrogate": {"feature_key": ""}}, "duet.surrogate.feature_key"),
+        ({"gates": {"k1_floor": -1}}, "duet.gates.k1_floor"),
+        ({"gates": {"k1_init": 0.8, "k2_init": 0.2}}, "duet.gates.k1_init"),
+        ({"weights": {"aborted_baseline": "drop"}}, "duet.weights.aborted_baseline"),
+        ({"weights": {"failure_score": float("nan")}}, "duet.weights.failure_score"),
     ],
 )
 def test_every_bad_value_names_its_key(data, key):
@@ -61,3 +80,18 @@ def test_budget_must_leave_n_min_per_prompt():
     with pytest.raises(ValueError, match=r"duet\.budget.*rollout\.n"):
         DuetSettings.from_mapping({"budget": 0.1, "n_min": 1}).validate(group_size=8)
     DuetSettings.from_mapping({"budget": 0.125}).validate(group_size=8)
+
+
+def test_the_yaml_section_equals_the_settings_defaults():
+    """``config/duet_trainer.yaml``'s ``duet:`` section is DuetSettings() (as verl checks its own YAML)."""
+    path = Path(duet_verl.__file__).parent / "config" / "duet_trainer.yaml"
+    section = yaml.safe_load(path.read_text())["duet"]
+    assert section == DuetSettings().to_dict()
+
+
+def test_defaults_have_one_home_in_the_core():
+    s = DuetSettings()
+    weights = inspect.signature(duet_advantage).parameters
+    assert s.weights.max_weight == weights["max_weight"].default
+    assert s.weights.aborted_baseline == weights["aborted_baseline"].default
+    assert weights["eps_abort"].default == StopRuleConfig.eps_abort == s.stop.eps_abort

@@ -89,9 +89,13 @@ def test_state_dict_round_trips_exactly_through_json():
         lengths = [list(rng.integers(10, 500, rng.integers(0, 4))) for _ in ids]
         sur.update(ids, sig, lengths, features=rng.normal(size=(12, 1)))
     state = json.loads(json.dumps(sur.state_dict()))
-    clone = PromptSurrogate(default_length=1)
-    clone.load_state_dict(state)
+    clone = PromptSurrogate(default_length=512, sigma_min=0.02, k_warmup=1, max_prompts=40, length_window=16)
+    assert clone.load_state_dict(state) == {}  # same settings: nothing differs
     assert clone.state_dict() == sur.state_dict()
+    other = PromptSurrogate(default_length=1)  # other settings: learned state only, and the differences
+    assert set(other.load_state_dict(state)) == {"default_length", "sigma_min", "max_prompts", "length_window"}
+    assert other.state_dict()["config"] == PromptSurrogate(default_length=1).state_dict()["config"]
+    assert other.state_dict()["prompts"] == state["prompts"][-len(other.state_dict()["prompts"]) :]
     probe = [f"q{i}" for i in range(70)]
     feats = rng.normal(size=(70, 1))
     a, b = sur.predict(probe, feats), clone.predict(probe, feats)

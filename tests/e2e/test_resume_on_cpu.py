@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from duet_verl.quickstart import Policy, QuickstartConfig, build_assets, policy_overrides, read_metrics
+from duet_verl.demo.quickstart import Policy, QuickstartConfig, build_assets, policy_overrides, read_metrics
 
 
 def test_checkpoint_carries_duet_state_across_a_resume(tmp_path):

@@ -1,6 +1,6 @@
 """Supervised warm start of the tiny model on worked solutions, so RL starts from partial accuracy.
 
-The targets come from :func:`duet_verl.tasks.warm_start_text`: mostly clean solutions ending in
+The targets come from :func:`duet_verl.demo.tasks.warm_start_text`: mostly clean solutions ending in
 ``\\boxed{...}``, some that keep talking after the answer and some that never give one — the habits
 DUET's stop and abort rules act on. Loss is next-token cross-entropy on the assistant part only.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from duet_verl.tasks import Problem, warm_start_text
+from duet_verl.demo.tasks import Problem, warm_start_text
 
 __all__ = ["chat_prompt_ids", "warm_start"]
 

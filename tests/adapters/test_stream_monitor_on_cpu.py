@@ -5,10 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from duet_verl.core.controller import DuetController, rollout_stop_rule
-from duet_verl.core.settings import DuetSettings
-from duet_verl.cpu.hf_engine import HFSamplingParams, HFStreamingEngine
-from duet_verl.rollout.monitoring import (
+from duet_verl.adapters.stream_monitor import (
     ABORT_FINISH_REASON,
     MonitoredRequest,
     monitored_generate,
@@ -16,10 +13,21 @@ from duet_verl.rollout.monitoring import (
     top_logprobs_of,
     with_monitor,
 )
+from duet_verl.core.controller import DuetController
+from duet_verl.core.monitor import StopRuleConfig
+from duet_verl.core.protocol import RolloutStopRule
+from duet_verl.core.settings import DuetSettings
+from duet_verl.cpu.hf_engine import HFSamplingParams, HFStreamingEngine
 
 from scripted_engine import SURE, UNSURE, Logprob, Params, ScriptedEngine
 
 EOS = 99
+
+
+def monitored(top_k=2, **kw):
+    """A monitored request as the server builds it from the wire."""
+    wire = RolloutStopRule(StopRuleConfig(**rule(**kw)), EOS, top_k).to_dict()
+    return MonitoredRequest(RolloutStopRule.from_dict(wire))
 
 
 def rule(**kw):
@@ -33,7 +41,7 @@ def rule(**kw):
         check_every=2,
         hysteresis=2,
         eps_len=0.0,
-        eps_abort=0.0,
+        eps_abort=1e-12,
     )
     base.update(kw)
     return base
@@ -71,7 +79,7 @@ def script_with_marker(n_before=4, n_after=10, sure_after=True):
 @pytest.mark.parametrize("per_output", [1, 3])
 def test_stop_cuts_at_decision_appends_eos_and_closes_engine(per_output):
     engine = ScriptedEngine(script_with_marker(), per_output=per_output)
-    request = MonitoredRequest(rule(), EOS)
+    request = monitored()
     outs = gather(engine, request)
     final = outs[-1]
     assert final.finished and engine.closed
@@ -81,70 +89,70 @@ def test_stop_cuts_at_decision_appends_eos_and_closes_engine(per_output):
     assert comp.token_ids[:-1] == [0, 1, 2, 3, 50, 60, 61, 62]
     assert len(comp.logprobs) == len(comp.token_ids) and comp.logprobs[-1][EOS].logprob == 0.0
     report = request.report()
-    assert report["outcome"] == "stopped_after_marker" and report["synthetic_eos"] and report["length"] == 8
-    assert report["monitor_ns"] > 0
+    assert report.outcome == "stopped_after_marker" and report.synthetic_eos and report.length == 8
+    assert report.monitor_ns > 0
 
 
 def test_abort_without_marker_returns_partial_tokens():
     engine = ScriptedEngine([(i, "x", SURE) for i in range(40)])
-    request = MonitoredRequest(rule(), EOS)
+    request = monitored()
     final = gather(engine, request)[-1]
     comp = final.outputs[0]
     assert comp.finish_reason == ABORT_FINISH_REASON and engine.closed
     assert comp.token_ids == list(range(14)) and EOS not in comp.token_ids  # k2 + grace
-    assert request.report()["outcome"] == "aborted" and not request.report()["synthetic_eos"]
+    assert request.report().outcome == "aborted" and not request.report().synthetic_eos
 
 
 def test_failed_abort_returns_the_finished_uncut_rollout_and_records_it():
     engine = ScriptedEngine([(i, "x", SURE) for i in range(40)], fail_close=True, finish_reason="length")
-    request = MonitoredRequest(rule(), EOS)
+    request = monitored()
     final = gather(engine, request)[-1]
     assert final.finished and final.outputs[0].token_ids == list(range(40))
     assert final.outputs[0].finish_reason == "length"
     report = request.report()
     # the abort decision stands (the rollout leaves the loss), with the real length
-    assert report["abort_failed"] and report["outcome"] == "aborted" and report["length"] == 40
+    assert report.abort_failed and report.outcome == "aborted" and report.length == 40
     engine = ScriptedEngine(script_with_marker(), fail_close=True)
-    request = MonitoredRequest(rule(), EOS)
+    request = monitored()
     final = gather(engine, request)[-1]
     comp = final.outputs[0]
     assert final.finished and len(comp.token_ids) == 15 and EOS not in comp.token_ids
     report = request.report()
     # a stop that did not take effect: the rollout ended naturally, no synthetic end-of-turn token
-    assert report["abort_failed"] and report["outcome"] == "natural_eos" and report["length"] == 15
-    assert not report["synthetic_eos"]
+    assert report.abort_failed and report.outcome == "natural_eos" and report.length == 15
+    assert not report.synthetic_eos
 
 
 def test_an_abort_by_the_engine_itself_is_recorded_as_such():
     engine = ScriptedEngine([(i, "x", UNSURE) for i in range(6)], finish_reason="abort")
-    request = MonitoredRequest(rule(k1=10, k2=20), EOS)
+    request = monitored(k1=10, k2=20)
     final = gather(engine, request)[-1]
     assert final.outputs[0].finish_reason == "abort"
-    assert request.report()["outcome"] == "engine_aborted" and request.report()["length"] == 6
+    assert request.report().outcome == "engine_aborted" and request.report().length == 6
 
 
 def test_a_stop_on_the_last_allowed_token_appends_no_end_of_turn():
     engine = ScriptedEngine(script_with_marker())
-    request = MonitoredRequest(rule(), EOS)
+    request = monitored()
     final = gather(engine, request, Params(max_tokens=8))[-1]
     comp = final.outputs[0]
     assert comp.token_ids == [0, 1, 2, 3, 50, 60, 61, 62] and comp.finish_reason == "stop"
     report = request.report()
-    assert report["outcome"] == "stopped_after_marker" and not report["synthetic_eos"] and report["length"] == 8
+    assert report.outcome == "stopped_after_marker" and not report.synthetic_eos and report.length == 8
     # one more token of room: the end-of-turn token is appended
-    request = MonitoredRequest(rule(), EOS)
+    request = monitored()
     final = gather(ScriptedEngine(script_with_marker()), request, Params(max_tokens=9))[-1]
-    assert final.outputs[0].token_ids[-1] == EOS and request.report()["synthetic_eos"]
+    assert final.outputs[0].token_ids[-1] == EOS and request.report().synthetic_eos
 
 
 def test_monitored_requests_ask_for_detokenized_topk_on_a_copy_and_fail_without_text():
     engine = ScriptedEngine(script_with_marker())
     params = Params(logprobs=None, detokenize=False)
-    gather(engine, MonitoredRequest(rule(), EOS, top_k=3), params)
+    gather(engine, monitored(top_k=3), params)
     assert engine.received is not params and engine.received.detokenize and engine.received.logprobs == 3
     assert params.detokenize is False and params.logprobs is None
     with pytest.raises(RuntimeError, match="decoded_token=None"):
-        gather(ScriptedEngine(script_with_marker(), decoded=False), MonitoredRequest(rule(), EOS))
+        gather(ScriptedEngine(script_with_marker(), decoded=False), monitored())
 
 
 def test_concurrent_requests_sharing_one_request_id_keep_their_own_monitor():
@@ -153,7 +161,7 @@ def test_concurrent_requests_sharing_one_request_id_keep_their_own_monitor():
         ScriptedEngine(script_with_marker()),
         ScriptedEngine([(i, "x", SURE) for i in range(40)]),
     )
-    stop_request, abort_request = MonitoredRequest(rule(), EOS), MonitoredRequest(rule(), EOS)
+    stop_request, abort_request = monitored(), monitored()
 
     async def both():
         return await asyncio.gather(
@@ -162,8 +170,8 @@ def test_concurrent_requests_sharing_one_request_id_keep_their_own_monitor():
         )
 
     stopped, aborted = asyncio.run(both())
-    assert stop_request.report()["outcome"] == "stopped_after_marker" and stopped[-1].outputs[0].token_ids[-1] == EOS
-    assert abort_request.report()["outcome"] == "aborted" and len(aborted[-1].outputs[0].token_ids) == 14
+    assert stop_request.report().outcome == "stopped_after_marker" and stopped[-1].outputs[0].token_ids[-1] == EOS
+    assert abort_request.report().outcome == "aborted" and len(aborted[-1].outputs[0].token_ids) == 14
 
 
 def test_unmonitored_request_passes_through_and_natural_end_is_recorded():
@@ -171,18 +179,23 @@ def test_unmonitored_request_passes_through_and_natural_end_is_recorded():
     outs = gather(engine, None)
     assert len(outs) == 5 and outs[-1].outputs[0].token_ids == [0, 1, 2, 3, 4]
     engine = ScriptedEngine([(i, "x", UNSURE) for i in range(5)])
-    request = MonitoredRequest(rule(k1=10, k2=20), EOS)
+    request = monitored(k1=10, k2=20)
     gather(engine, request)
-    assert request.report()["outcome"] == "natural_eos" and request.report()["length"] == 5
+    assert request.report().outcome == "natural_eos" and request.report().length == 5
 
 
 def test_split_duet_rule_and_top_logprobs():
-    params = {"temperature": 1.0, "extra_args": {"duet": {**rule(), "eos_token_id": 7, "top_logprobs": 3}, "x": 1}}
-    rest, request = split_duet_rule(params)
+    wire = RolloutStopRule(StopRuleConfig(**rule()), 7, 3).to_dict()
+    params = {"temperature": 1.0, "extra_args": {"duet": wire, "x": 1}}
+    rest, monitored = split_duet_rule(params)
     assert rest == {"temperature": 1.0, "extra_args": {"x": 1}} and "duet" in params["extra_args"]
-    assert request.eos_token_id == 7 and request.top_k == 3
-    rest, request = split_duet_rule({"extra_args": {"duet": {**rule(), "eos_token_id": 7}}})
+    assert monitored.eos_token_id == 7 and monitored.top_k == 3
+    rest, _ = split_duet_rule({"extra_args": {"duet": wire}})
     assert "extra_args" not in rest
+    with pytest.raises(ValueError, match="missing keys"):
+        split_duet_rule({"extra_args": {"duet": {k: v for k, v in wire.items() if k != "top_logprobs"}}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        split_duet_rule({"extra_args": {"duet": {**wire, "surprise": 1}}})
     assert split_duet_rule({"temperature": 0.5}) == ({"temperature": 0.5}, None)
     pos = {3: Logprob(-0.1), 9: Logprob(-3.0), 4: Logprob(-1.0)}
     assert top_logprobs_of(pos, 2) == [-0.1, -1.0]
@@ -243,9 +256,9 @@ def test_monitor_through_the_cpu_engine_matches_config(tiny_assets):
         {"stop": {"min_tokens": 2, "grace": 3, "eps_abort": 1e-9, "marker_domains": ["generic"]}}
     )
     plan = DuetController(settings, group_size=8, response_cap=20).plan(["q"], step=1)
-    request = MonitoredRequest(rollout_stop_rule(plan.stop_rules[0], "q/0"), tokenizer.eos_token_id)
+    request = MonitoredRequest(plan.stop_rules[0].for_rollout("q/0", tokenizer.eos_token_id))
     final = gather(engine, request, HFSamplingParams(max_tokens=20, ignore_eos=True, seed=0))[-1]
     # a random model never writes <answer>..</answer>: aborted at k2 + grace = 14 + 3
-    assert request.report()["outcome"] == "aborted"
+    assert request.report().outcome == "aborted"
     assert len(final.outputs[0].token_ids) == int(0.7 * 20) + 3
     assert not engine._active

@@ -1,34 +1,22 @@
 """DUET's agent loop against a real generating engine (tiny random Qwen2 on CPU), through verl's agent-loop code."""
 
 import asyncio
+from dataclasses import fields
 
 import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
-from verl.experimental.agent_loop.agent_loop import DictConfigWrap, _agent_loop_registry
+from verl.experimental.agent_loop.agent_loop import DictConfigWrap
 
+from duet_verl.adapters.agent_loop import DUET_AGENT_LOOP, DuetSingleTurnAgentLoop
+from duet_verl.adapters.compat import agent_loop_names
 from duet_verl.core.controller import DuetController
-from duet_verl.core.settings import DuetSettings
+from duet_verl.core.settings import DuetSettings, StopSettings
 from duet_verl.cpu.hf_server import HFRolloutServer
-from duet_verl.rollout.agent_loop import DUET_AGENT_LOOP, DuetSingleTurnAgentLoop
+
+from scripted_engine import UNSURE, InProcessServerManager, ScriptedEngine, ScriptedServer, text_script
 
 RESPONSE = 24
-
-
-class InProcessServerManager:
-    """verl's LLMServerClient.generate contract, calling the server in this process instead of over Ray."""
-
-    def __init__(self, server):
-        self.server, self.calls = server, []
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
-        self.calls.append(sampling_params)
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("mm_processor_output", "priority")}
-        output = await self.server.generate(
-            prompt_ids=prompt_ids, sampling_params=sampling_params, request_id=request_id, **kwargs
-        )
-        output.extra_fields.setdefault("min_global_steps", output.extra_fields.get("global_steps"))
-        return output
 
 
 def config():
@@ -53,25 +41,26 @@ def make_loop(tiny_assets):
     path, _, model = tiny_assets
     tokenizer = AutoTokenizer.from_pretrained(path)
     server = HFRolloutServer(model, tokenizer, response_length=RESPONSE)
+    return build_loop(tokenizer, server), server, tokenizer
+
+
+def build_loop(tokenizer, server):
+    """DUET's agent loop as verl's worker builds it, talking to ``server`` (call inside the running event loop)."""
     cfg = config()
-    return (
-        DuetSingleTurnAgentLoop(
-            trainer_config=DictConfigWrap(cfg),
-            server_manager=InProcessServerManager(server),
-            tokenizer=tokenizer,
-            processor=None,
-            dataset_cls=None,
-            data_config=DictConfigWrap(cfg.data),
-            hf_model_type="qwen2",
-        ),
-        server,
-        tokenizer,
+    return DuetSingleTurnAgentLoop(
+        trainer_config=DictConfigWrap(cfg),
+        server_manager=InProcessServerManager(server),
+        tokenizer=tokenizer,
+        processor=None,
+        dataset_cls=None,
+        data_config=DictConfigWrap(cfg.data),
+        hf_model_type="qwen2",
     )
 
 
 def prompt_rule(stop):
     settings = DuetSettings.from_mapping({"stop": stop})
-    return DuetController(settings, group_size=8, response_cap=RESPONSE).plan(["7"], step=3).stop_rules[0]
+    return DuetController(settings, group_size=8, response_cap=RESPONSE).plan(["7"], step=3).stop_rules[0].to_dict()
 
 
 def run_loop(tiny_assets, rule, session_id=0):
@@ -93,7 +82,7 @@ def run_loop(tiny_assets, rule, session_id=0):
 
 
 def test_agent_loop_is_registered_under_its_name():
-    assert DUET_AGENT_LOOP in _agent_loop_registry
+    assert DUET_AGENT_LOOP in agent_loop_names()
 
 
 def test_confident_stop_ends_with_masked_eos(tiny_assets):
@@ -112,7 +101,7 @@ def test_confident_stop_ends_with_masked_eos(tiny_assets):
     )
     out, params, calls, tokenizer = run_loop(tiny_assets, rule)
     fields = out.extra_fields
-    assert fields["duet_outcome"] == "stopped_after_marker", fields
+    assert fields["duet"]["outcome"] == "stopped_after_marker", fields
     assert out.response_ids[-1] == tokenizer.eos_token_id
     n = fields["duet"]["length"]
     assert len(out.response_ids) == n + 1
@@ -120,32 +109,34 @@ def test_confident_stop_ends_with_masked_eos(tiny_assets):
     assert out.response_logprobs is not None and out.response_logprobs[n] == 0.0
     assert "extra_args" not in params  # the shared sampling params were not modified
     sent = calls[0]["extra_args"]["duet"]
-    assert sent["eos_token_id"] == tokenizer.eos_token_id and isinstance(sent["seed"], int)
+    assert sent["eos_token_id"] == tokenizer.eos_token_id and isinstance(sent["monitor"]["seed"], int)
 
 
 def test_marker_less_rollout_is_aborted_with_partial_tokens(tiny_assets):
     rule = prompt_rule({"min_tokens": 2, "grace": 2, "eps_abort": 1e-9, "marker_domains": ["code"]})
     out, _, _, tokenizer = run_loop(tiny_assets, rule)
-    assert out.extra_fields["duet_outcome"] == "aborted"
+    assert out.extra_fields["duet"]["outcome"] == "aborted"
     assert len(out.response_ids) == int(0.7 * RESPONSE) + 2
     assert tokenizer.eos_token_id not in out.response_ids
 
 
 def test_per_rollout_seeds_differ_by_session_and_repeat_exactly(tiny_assets):
     rule = prompt_rule({"min_tokens": 2, "grace": 2, "eps_abort": 0.5, "marker_domains": ["code"]})
-    seeds = [run_loop(tiny_assets, rule, session_id=s)[2][0]["extra_args"]["duet"]["seed"] for s in (0, 1, 0)]
+    seeds = [
+        run_loop(tiny_assets, rule, session_id=s)[2][0]["extra_args"]["duet"]["monitor"]["seed"] for s in (0, 1, 0)
+    ]
     assert seeds[0] != seeds[1] and seeds[0] == seeds[2]
 
 
 def test_without_rule_it_is_plain_single_turn(tiny_assets):
     out, _, calls, _ = run_loop(tiny_assets, None)
     assert "extra_args" not in calls[0]
-    assert out.extra_fields["duet_outcome"] == "natural_eos"
+    report = out.extra_fields["duet"]
+    assert report["outcome"] == "natural_eos" and not report["monitored"] and report["length"] == len(out.response_ids)
     assert all(m == 1 for m in out.response_mask) and 0 < len(out.response_ids) <= RESPONSE
 
 
-@pytest.mark.parametrize("missing", ["eos"])
-def test_rule_needs_an_eos_token(tiny_assets, missing):
+def test_rule_needs_an_eos_token(tiny_assets):
     rule = prompt_rule({"min_tokens": 2})
 
     async def go():
@@ -157,3 +148,44 @@ def test_rule_needs_an_eos_token(tiny_assets, missing):
             )
 
     asyncio.run(go())
+
+
+def test_every_stop_setting_reaches_the_monitor_inside_the_rollout_server(tiny_assets):
+    """Non-default duet.stop.* values, planned by the controller, carried by the agent loop through verl's sampling
+    params, arrive in the monitor the server runs."""
+    stop = {
+        "min_tokens": 3,
+        "grace": 7,
+        "check_every": 4,
+        "hysteresis": 6,
+        "signal": "entropy",
+        "top_logprobs": 5,
+        "eps_len": 0.25,
+        "eps_abort": 0.125,
+        "marker_domains": ["code"],
+        "marker_regexes": ["DONE"],
+        "threshold_mode": "linear",
+        "threshold_low": 0.61,
+        "threshold_high": 0.61,
+    }
+    assert set(stop) | {"enable"} == {f.name for f in fields(StopSettings)}  # every stop setting is covered
+    settings = DuetSettings.from_mapping({"stop": stop})
+    plan = DuetController(settings, group_size=8, response_cap=RESPONSE).plan(["7"], step=3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets[0])
+    server = ScriptedServer([ScriptedEngine(text_script(tokenizer, ("abc", UNSURE), eos=True))])
+
+    async def go():
+        loop = build_loop(tokenizer, server)
+        kwargs = {"raw_prompt": [{"role": "user", "content": "1+1="}], "index": 7, "session_id": 2, "uid": "u"}
+        await loop.run({"temperature": 1.0}, duet_stop_rule=plan.stop_rules[0].to_dict(), **kwargs)
+
+    asyncio.run(go())
+    (request,) = server.monitors
+    monitor = request.monitor.config
+    for name in ("min_tokens", "grace", "check_every", "hysteresis", "signal", "eps_len", "eps_abort"):
+        assert getattr(monitor, name) == stop[name], name
+    assert monitor.markers.domains == ("code",) and monitor.markers.regexes == ("DONE",)
+    assert monitor.threshold == pytest.approx(0.61)  # threshold_mode/low/high: a single prompt gets the midpoint
+    assert request.top_k == 5 and request.eos_token_id == tokenizer.eos_token_id
+    assert (monitor.k1, monitor.k2) == (int(0.3 * RESPONSE), int(0.7 * RESPONSE))
+    assert monitor.seed == plan.stop_rules[0].for_rollout("7/2", tokenizer.eos_token_id).monitor.seed

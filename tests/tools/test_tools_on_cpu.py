@@ -7,15 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from duet_verl.cpu.warm_start import warm_start
-from duet_verl.quickstart import Policy, QuickstartConfig, format_table, parse_policy, policy_overrides
-from duet_verl.report import load_series, write_report
-from duet_verl.scoring import prompt_mean_logprobs, score_prompts
-from duet_verl.tasks import make_problems, write_parquet
+from duet_verl.demo.quickstart import Policy, QuickstartConfig, format_table, parse_policy, policy_overrides
+from duet_verl.demo.tasks import make_problems, write_parquet
+from duet_verl.demo.warm_start import warm_start
+from duet_verl.tools.report import load_series, write_report
+from duet_verl.tools.score_prompts import prompt_mean_logprobs, score_prompts
 
 
 def test_warm_start_lowers_the_loss(tiny_assets):
-    from duet_verl.cpu.assets import build_tiny_model
+    from duet_verl.demo.assets import build_tiny_model
 
     _, tokenizer, _ = tiny_assets
     model = build_tiny_model(tokenizer, seed=1)

@@ -10,7 +10,7 @@ Solutions for the supervised warm start imitate reasoning models' habits: most e
 boxed answer, some keep talking after it, a few never reach one. Plug in your own task with any verl
 parquet file (``prompt`` messages, ``reward_model.ground_truth``, ``extra_info.index``) and a reward
 function path (``reward.custom_reward_function.path/name``); this project's is
-:func:`duet_verl.reward.compute_score`.
+:func:`duet_verl.demo.reward.compute_score`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from duet_verl.reward import compute_score, extract_boxed
+from duet_verl.demo.reward import compute_score, extract_boxed
 
 __all__ = ["TASKS", "Problem", "compute_score", "extract_boxed", "make_problems", "warm_start_text", "write_parquet"]
 

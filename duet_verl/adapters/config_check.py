@@ -26,8 +26,8 @@ def duet_settings_from_config(config: DictConfig) -> DuetSettings:
 
 def check_config(config: DictConfig) -> None:
     """Validate ``config.duet`` and the verl settings DUET relies on. Raises :class:`ConfigError`."""
-    from duet_verl.algos import DUET_ESTIMATOR
-    from duet_verl.rollout.agent_loop import DUET_AGENT_LOOP
+    from duet_verl.adapters.agent_loop import DUET_AGENT_LOOP
+    from duet_verl.adapters.estimator import DUET_ESTIMATOR
 
     try:
         settings = duet_settings_from_config(config)

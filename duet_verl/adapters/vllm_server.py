@@ -7,11 +7,11 @@ How it hooks in, without copying verl's ``generate``:
 
 * ``generate`` takes the rollout's stop rule out of ``sampling_params["extra_args"]["duet"]``, makes its
   monitor current for this task (a context variable: request ids can repeat, see
-  :mod:`duet_verl.rollout.monitoring`), calls verl's ``generate`` and attaches the monitor's record to
+  :mod:`duet_verl.adapters.stream_monitor`), calls verl's ``generate`` and attaches the monitor's record to
   ``TokenOutput.extra_fields["duet"]``.
 * ``run_server`` wraps the engine's ``generate`` (an ``AsyncLLM`` instance attribute) so that requests with
   a monitor ask vLLM for top-k log-probs and detokenized tokens and stream through
-  :func:`~duet_verl.rollout.monitoring.monitored_stream`, which ends them early through the engine (closing
+  :func:`~duet_verl.adapters.stream_monitor.monitored_stream`, which ends them early through the engine (closing
   ``AsyncLLM.generate`` aborts the request by its internal id; verl's own ``abort_request`` looks requests up
   by the external id and does not work with vLLM 0.24).
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import ray
 from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
 
-from duet_verl.rollout.monitoring import monitored_generate, split_duet_rule, with_monitor
+from duet_verl.adapters.stream_monitor import monitored_generate, split_duet_rule, with_monitor
 
 __all__ = ["DuetvLLMHttpServer", "DuetvLLMReplica"]
 

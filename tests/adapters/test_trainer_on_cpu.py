@@ -9,12 +9,15 @@ import torch
 import transfer_queue as tq
 from omegaconf import OmegaConf
 from tensordict import TensorDict
+from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
+from duet_verl.adapters.trainer import DUET_STATE_FILE, DuetPPOTrainerSync, prompt_ids_of
 from duet_verl.core.advantage import grpo_group_advantage
-from duet_verl.trainer.duet_trainer import DUET_STATE_FILE, DuetPPOTrainerSync, prompt_ids_of
+from duet_verl.core.monitor import Outcome
+from duet_verl.core.protocol import PromptStopRule, RolloutReport
 
 G, CAP = 4, 16
 
@@ -42,6 +45,7 @@ def make_trainer(tmp_path, duet=None, estimator="duet_grpo"):
     trainer.config = config
     trainer.trainer_mode = "sync"
     trainer.global_steps = 1
+    trainer.checkpoint_callback = build_checkpoint_callback(config)  # what verl's __init__ sets
     trainer._init_duet(config)
     return trainer
 
@@ -68,9 +72,10 @@ def test_next_train_batch_attaches_counts_propensities_and_rules(tmp_path):
     assert n == [2, 2, 2, 2]  # cold start: uniform, budget 0.5 * G
     assert list(tu.get(batch, "duet_prompt_id")) == ["toy/0", "toy/1", "toy/2", "toy/3"]
     rules = list(tu.get(batch, "duet_stop_rule"))
-    assert rules[0]["k1"] == int(0.3 * CAP) and rules[0]["step"] == 1 and "seed" not in rules[0]
-    assert trainer._duet_plan_metrics["duet/n_total"] == 8
-    assert trainer._duet_features["toy/2"][0] == pytest.approx(-1.2)
+    rule = PromptStopRule.from_dict(rules[0])  # the protocol's prompt-level message
+    assert rule.monitor.k1 == int(0.3 * CAP) and rule.step == 1 and rule.top_logprobs == 2
+    assert trainer.duet.last_plan.metrics()["duet/n_total"] == 8
+    assert trainer._features_of(batch)[2, 0] == pytest.approx(-1.2)
     # the per-sample dict verl's AgentLoopWorkerTQ builds: plain python values
     assert isinstance(batch["__rollout_n__"][0].data if hasattr(batch["__rollout_n__"][0], "data") else n[0], int)
 
@@ -107,7 +112,7 @@ def _trajectory(uid, pid, p_pre, length, reward, outcome, logprob=-0.5):
         "loss_mask": mask.clone(),
         "rm_scores": scores,
         "old_log_probs": torch.full((length,), logprob),
-        "extra_fields": {"duet_outcome": outcome, "duet_monitor_ns": 1000 * length, "duet_abort_failed": False},
+        "extra_fields": {"duet": RolloutReport(Outcome(outcome), length=length, monitor_ns=1000 * length).to_dict()},
     }
 
 
@@ -119,7 +124,7 @@ def put_step(rows, tags, partition="train"):
 def test_compute_advantage_weights_masks_and_learns(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.duet.plan(["toy/a", "toy/b"], step=1)
-    trainer._duet_plan_metrics = {"duet/budget_tokens": 100.0}
+    budget = trainer.duet.last_plan.allocation.budget
     rows = [
         _trajectory("A", "toy/a", 0.5, 5, 1.0, "natural_eos"),
         _trajectory("A", "toy/a", 0.5, 6, 1.0, "stopped_after_marker"),
@@ -151,7 +156,8 @@ def test_compute_advantage_weights_masks_and_learns(tmp_path):
     )
     assert metrics["duet/max_weight"] == pytest.approx(40.0) and metrics["duet/tokens_generated"] == 29
     # generated tokens: the stopped row's appended end-of-turn token was not generated (masked out)
-    assert metrics["duet/tokens_vs_budget"] == pytest.approx(0.29)
+    assert metrics["duet/tokens_vs_budget"] == pytest.approx(29 / budget)
+    assert metrics["duet/n_total"] == trainer.duet.last_plan.metrics()["duet/n_total"]  # the plan's metrics too
     assert metrics["duet/monitor_ns_per_token"] == pytest.approx(30000 / 29) and metrics["duet/abort_failed"] == 0.0
     # the surrogate learnt prompt a (2+ kept rollouts) and the kept lengths (aborted excluded)
     assert trainer.duet.surrogate.observations("toy/a") == 1 and trainer.duet.surrogate.observations("toy/b") == 0
@@ -181,11 +187,11 @@ def test_other_estimators_go_to_verl_and_tokens_are_counted_alike(tmp_path, monk
 
 
 def test_checkpoint_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setattr(PPOTrainerSync, "_save_checkpoint", lambda self: None)
     trainer = make_trainer(tmp_path)
     trainer.global_steps = 5
     trainer.duet.surrogate.update(["toy/x"], np.array([2.5]), [[7]])
-    trainer._save_checkpoint()
+    # verl calls its checkpoint callback with the folder it saved; DUET's wraps the user's callback
+    trainer.checkpoint_callback.on_save(trainer, global_step=5, checkpoint_dir=str(tmp_path / "global_step_5"))
     saved = json.loads((tmp_path / "global_step_5" / DUET_STATE_FILE).read_text())
     assert saved == json.loads(json.dumps(trainer.duet.state_dict()))
 

@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopWorkerTQ
 from verl.utils import tensordict_utils as tu
@@ -31,10 +32,10 @@ from verl.workers.config import FSDPActorConfig
 from verl.workers.utils.losses import ppo_loss
 
 import duet_verl
-import duet_verl.reward
+import duet_verl.demo.reward
+from duet_verl.adapters.trainer import DuetPPOTrainerSync
 from duet_verl.core.rng import RolloutRandom, rollout_seed
 from duet_verl.cpu.overrides import cpu_overrides
-from duet_verl.trainer.duet_trainer import DuetPPOTrainerSync
 
 from scripted_engine import SURE, UNSURE, InProcessServerManager, ScriptedEngine, ScriptedServer, text_script
 
@@ -54,7 +55,7 @@ def compose_config(model_path: Path):
         "data.train_batch_size=1",
         "data.max_prompt_length=64",
         f"data.max_response_length={RESPONSE}",
-        f"reward.custom_reward_function.path={duet_verl.reward.__file__}",
+        f"reward.custom_reward_function.path={duet_verl.demo.reward.__file__}",
         "reward.custom_reward_function.name=compute_score",
         "duet.seed=11",
         "duet.stop.min_tokens=4",
@@ -113,7 +114,7 @@ class SeedRoutedServer(ScriptedServer):
         self.by_seed = by_seed
 
     async def generate(self, prompt_ids, sampling_params, request_id, **kwargs):
-        self.engines.append(self.by_seed[sampling_params["extra_args"]["duet"]["seed"]])
+        self.engines.append(self.by_seed[sampling_params["extra_args"]["duet"]["monitor"]["seed"]])
         return await super().generate(prompt_ids, sampling_params, request_id, **kwargs)
 
 
@@ -150,6 +151,7 @@ def _run_step(tiny_assets):
     config = compose_config(path)
     trainer = DuetPPOTrainerSync.__new__(DuetPPOTrainerSync)
     trainer.config, trainer.trainer_mode, trainer.global_steps = config, "sync", 1
+    trainer.checkpoint_callback = build_checkpoint_callback(config)
     trainer.train_dataloader, trainer.train_dataloader_it = dataloader(), None
     trainer._init_duet(config)
     batch = trainer._next_train_batch()  # verl's fetch + DUET's plan
@@ -202,7 +204,6 @@ def _run_step(tiny_assets):
 
     before = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=["response_mask", "extra_fields"])
     metrics: dict = {}
-    trainer._duet_plan_metrics["duet/budget_tokens"] = 1000.0
     meta = trainer._compute_advantage(meta, metrics)
     fields = ["prompts", "responses", "response_mask", "loss_mask", "rm_scores", "advantages", "old_log_probs"]
     after = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=fields)
@@ -228,7 +229,7 @@ A_RIGHT, A_WRONG = (1 - MEAN) / (STD + 1e-6), (0 - MEAN) / (STD + 1e-6)
 def test_the_step_holds_every_outcome_kind_and_verl_padding(step):
     assert sorted(step.rows) == sorted([*OUTCOMES, "padding"])
     assert len(step.rows["padding"]) == PAD_MULTIPLE - len(OUTCOMES)
-    outcome = {k: row(step, k, "extra_fields", "before")["duet_outcome"] for k in OUTCOMES}
+    outcome = {k: row(step, k, "extra_fields", "before")["duet"]["outcome"] for k in OUTCOMES}
     assert outcome == {
         "stopped": "stopped_after_marker",
         "natural": "natural_eos",

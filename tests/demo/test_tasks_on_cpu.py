@@ -3,8 +3,8 @@ import random
 import pandas as pd
 import pytest
 
-from duet_verl.reward import compute_score, extract_boxed
-from duet_verl.tasks import make_problems, warm_start_text, write_parquet
+from duet_verl.demo.reward import compute_score, extract_boxed
+from duet_verl.demo.tasks import make_problems, warm_start_text, write_parquet
 
 
 def test_problems_are_correct_and_reproducible():

@@ -46,6 +46,7 @@ def test_missing_registration_fails_loudly():
         "p.assert_registered()\n"
     )
     env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    env.pop("VERL_USE_EXTERNAL_MODULES", None)
     out = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env, timeout=300
     )
@@ -76,15 +77,21 @@ def test_estimator_through_verls_compute_advantage():
     torch.testing.assert_close(out.batch["returns"], adv)
 
 
-def test_estimator_reads_duet_settings_from_algorithm_config():
+def test_generic_estimator_path_scores_like_verl_with_duet_defaults():
+    """Through verl's generic path (``config.algorithm`` only) ``duet_grpo`` is GRPO on the unmasked score with
+    DUET's default singleton rule: a stopped rollout's reward on its masked end-of-turn token counts."""
     from omegaconf import OmegaConf
 
-    from duet_verl.algos import compute_duet_grpo_advantage
+    from duet_verl.adapters.estimator import compute_duet_grpo_advantage
 
-    rewards = torch.tensor([[3.0], [5.0]])
-    mask = torch.ones(2, 1)
-    cfg = OmegaConf.create({"duet": {"weights": {"singleton": "raw"}}})
-    adv, _ = compute_duet_grpo_advantage(rewards, mask, index=np.array(["x", "y"], dtype=object), config=cfg)
-    assert adv[:, 0].tolist() == [3.0, 5.0]
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 5.0]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])  # row 0 was stopped
+    index = np.array(["x", "x", "x", "y"], dtype=object)
+    cfg = OmegaConf.create({"norm_adv_by_std_in_grpo": True})
+    adv, _ = compute_duet_grpo_advantage(rewards, mask, index=index, config=cfg)
+    scores = np.array([1.0, 0.0, 1.0])
+    expected = (scores - scores.mean()) / (scores.std(ddof=1) + 1e-6)
+    np.testing.assert_allclose(adv[:3, 0].numpy(), expected, rtol=1e-5)
+    assert adv[0, 1] == 0 and torch.all(adv[3] == 0)  # masked position; singleton group
     with pytest.raises(ValueError, match="index"):
         compute_duet_grpo_advantage(rewards, mask)

@@ -2,7 +2,7 @@
 
 1. Builds assets locally (nothing downloaded): a byte-level tokenizer, a small Qwen2-architecture model
    given a short supervised warm start on worked solutions, and train/held-out parquet files of the
-   synthetic tasks in :mod:`duet_verl.tasks`.
+   synthetic tasks in :mod:`duet_verl.demo.tasks`.
 2. Runs each policy with ``python -m duet_verl.main`` (same seeds, same steps): ``grpo@1.0`` is GRPO with
    ``G`` rollouts per prompt, ``grpo@B`` GRPO with ``round(B*G)``, ``duet@B`` DUET at budget ``B``
    (``duet-alloc@B``: allocation only, no stop/abort).
@@ -82,10 +82,10 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     """Tokenizer + warm-started model + parquet files under ``out/assets`` (reused if already built)."""
     import torch
 
-    from duet_verl.cpu.assets import build_tiny_model, build_tokenizer
-    from duet_verl.cpu.warm_start import warm_start
-    from duet_verl.scoring import prompt_mean_logprobs
-    from duet_verl.tasks import make_problems, write_parquet
+    from duet_verl.demo.assets import build_tiny_model, build_tokenizer
+    from duet_verl.demo.tasks import make_problems, write_parquet
+    from duet_verl.demo.warm_start import warm_start
+    from duet_verl.tools.score_prompts import prompt_mean_logprobs
 
     assets = out / "assets"
     key = json.dumps(
@@ -122,7 +122,7 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
 def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run_dir: Path) -> list[str]:
     """Hydra overrides of one policy's run (CPU settings included)."""
     from duet_verl.cpu.overrides import cpu_overrides
-    from duet_verl.reward import __file__ as reward_file
+    from duet_verl.demo.reward import __file__ as reward_file
 
     n = cfg.group_size if policy.method != "grpo" else max(1, round(policy.budget * cfg.group_size))
     test_freq = max(1, math.ceil(cfg.steps / max(cfg.evals, 1)))

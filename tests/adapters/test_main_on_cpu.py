@@ -30,7 +30,7 @@ def test_cfg_job_prints_the_resolved_duet_config():
     ("override", "key"),
     [
         ("duet.budget=-1", "duet.budget"),
-        ("duet.n_min=9", "duet.n_min"),
+        ("duet.n_min=9", "duet.budget"),  # b * G = 4 < n_min
         ("duet.stop.marker_domains=[poetry]", "duet.stop.marker_domains"),
         ("duet.stop.signal=vibes", "duet.stop.signal"),
         ("algorithm.adv_estimator=grpo", "algorithm.adv_estimator"),

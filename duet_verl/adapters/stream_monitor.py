@@ -28,7 +28,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from duet_verl.core.monitor import Action, Outcome, StopAbortMonitor, StopRuleConfig
+from duet_verl.core.monitor import Action, Outcome, StopAbortMonitor
+from duet_verl.core.protocol import WIRE_KEY, RolloutReport, RolloutStopRule
 
 __all__ = [
     "ABORT_FINISH_REASON",
@@ -66,12 +67,11 @@ def top_logprobs_of(position: dict[int, Any], k: int) -> list[float]:
 class MonitoredRequest:
     """The monitor of one request plus what the server must report back."""
 
-    def __init__(self, rule: dict[str, Any], eos_token_id: int, top_k: int = 2):
-        rule = dict(rule)
-        self.eos_token_id = int(eos_token_id)
-        self.top_k = top_k
+    def __init__(self, rule: RolloutStopRule):
+        self.eos_token_id = rule.eos_token_id
+        self.top_k = rule.top_logprobs
         self.max_tokens: int | None = None  # the engine's cap for this request, set by the engine wrapper
-        self.monitor = StopAbortMonitor(StopRuleConfig.from_dict(rule))
+        self.monitor = StopAbortMonitor(rule.monitor)
         self.seen = 0  # tokens already fed
         self.decision: Action = Action.CONTINUE
         self.decided_at: int | None = None  # number of tokens kept when the monitor decided
@@ -144,14 +144,14 @@ class MonitoredRequest:
         final.finished = True
         return final
 
-    def report(self) -> dict[str, Any]:
-        """What goes into ``TokenOutput.extra_fields["duet"]``."""
+    def report(self) -> RolloutReport:
+        """What the server returns in ``TokenOutput.extra_fields["duet"]`` (as a dict)."""
         record = self.monitor.record
         if record.ended_at is None:
             record.length = self.monitor.tokens_seen
-        out = record.to_dict()
-        out.update(synthetic_eos=self.synthetic_eos, abort_failed=self.abort_failed, monitor_ns=self.monitor_ns)
-        return out
+        return RolloutReport.from_record(
+            record, synthetic_eos=self.synthetic_eos, abort_failed=self.abort_failed, monitor_ns=self.monitor_ns
+        )
 
 
 async def monitored_stream(stream: AsyncIterator[Any], request: MonitoredRequest) -> AsyncIterator[Any]:
@@ -185,16 +185,13 @@ async def monitored_stream(stream: AsyncIterator[Any], request: MonitoredRequest
 def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], MonitoredRequest | None]:
     """Remove DUET's rule from ``sampling_params`` (a copy is returned) and build its monitor, if any."""
     extra = dict(sampling_params.get("extra_args") or {})
-    rule = extra.pop("duet", None)
+    rule = extra.pop(WIRE_KEY, None)
     if rule is None:
         return sampling_params, None
-    rule = dict(rule)
-    eos_token_id = rule.pop("eos_token_id")
-    top_k = int(rule.pop("top_logprobs", 2))
-    params = {**sampling_params, "extra_args": extra or None}
-    if params["extra_args"] is None:
+    params = {**sampling_params, "extra_args": extra}
+    if not extra:
         params.pop("extra_args")
-    return params, MonitoredRequest(rule, eos_token_id, top_k)
+    return params, MonitoredRequest(RolloutStopRule.from_dict(rule))
 
 
 def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]]):
@@ -230,5 +227,5 @@ async def with_monitor(request: MonitoredRequest | None, produce: Awaitable[Any]
         output = await produce
     finally:
         _CURRENT_REQUEST.reset(token)
-    output.extra_fields["duet"] = request.report()
+    output.extra_fields[WIRE_KEY] = request.report().to_dict()
     return output

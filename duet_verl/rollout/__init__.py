@@ -1,1 +1,0 @@
-"""Rollout-side adapters: the engine-agnostic stream monitor, DUET's agent loop and vLLM server."""

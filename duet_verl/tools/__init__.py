@@ -1,0 +1,1 @@
+"""User tools behind the ``duet-verl`` command: ``bench``, ``report`` and ``score-prompts``."""

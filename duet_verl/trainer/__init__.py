@@ -1,1 +1,0 @@
-"""verl trainer adapters (import verl)."""
