@@ -55,3 +55,41 @@ def test_readme_layout_matches_the_package_tree():
     for path in re.findall(r"`((?:duet_verl/)?(?:adapters|core|cpu|demo|tools)/[\w/]+\.py)", text):
         relative = path.removeprefix("duet_verl/")
         assert (package / relative).exists(), path
+
+
+def _pins(lines) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        match = re.match(r'^\s*"?([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^";\s]+)', line)
+        if match:
+            pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+    return pins
+
+
+def test_vllm_versions_have_one_home_and_the_install_lists_agree():
+    import tomllib
+
+    from duet_verl.vllm_support import VLLM_VERSION
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["optional-dependencies"]["gpu"] == [f"vllm=={VLLM_VERSION}"]
+    shim = tomllib.loads((ROOT / "duet_verl" / "vllm_support" / "cpu_shim" / "pyproject.toml").read_text())
+    assert shim["project"]["name"] == "vllm" and shim["project"]["version"] == f"{VLLM_VERSION}+cpu"
+    cpu = _pins((ROOT / "duet_verl" / "vllm_support" / "requirements-cpu.txt").read_text().splitlines())
+    ours = _pins(project["dependencies"])
+    shared = set(cpu) & set(ours)
+    assert {"numpy", "transformers", "fastapi"} <= shared
+    assert {name: cpu[name] for name in shared} == {name: ours[name] for name in shared}
+    assert not any(name.startswith("torch") for name in cpu)  # install.py installs the one torch
+
+
+def test_the_gpu_extra_resolves():
+    """``pip install '.[gpu]'`` must be satisfiable (a dry run against the package index)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", ".[gpu]"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -14,7 +14,17 @@ from __future__ import annotations
 __all__ = ["cpu_overrides"]
 
 
-def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
+# vLLM's CPU backend in verl's hybrid engine: no CUDA graphs, no sleep mode (it frees GPU memory), the KV cache
+# kept between steps, real weights loaded at start (then synced in place from the trainer each step).
+VLLM_CPU = [
+    "actor_rollout_ref.rollout.enforce_eager=True",
+    "+actor_rollout_ref.rollout.enable_sleep_mode=False",
+    "actor_rollout_ref.rollout.free_cache_engine=False",
+    "actor_rollout_ref.rollout.load_format=auto",
+]
+
+
+def cpu_overrides(world_size: int = 1, ray_cpus: int = 16, rollout: str = "hf") -> list[str]:
     """Overrides for ``python -m duet_verl.main`` on CPU with ``world_size`` trainer processes."""
     return [
         f"ray_kwargs.ray_init.num_cpus={ray_cpus}",
@@ -22,7 +32,8 @@ def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
         f"trainer.n_gpus_per_node={world_size}",
         "trainer.nnodes=1",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-        "actor_rollout_ref.rollout.name=hf",
+        f"actor_rollout_ref.rollout.name={rollout}",
+        *(VLLM_CPU if rollout == "vllm" else []),
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
         "actor_rollout_ref.rollout.agent.num_workers=1",

@@ -1,0 +1,51 @@
+"""DUET's stream monitor inside vLLM 0.24's real ``AsyncLLM`` on the CPU (the engine verl's server runs)."""
+
+import os
+
+import pytest
+
+from vllm_checks import (
+    EngineHarness,
+    build_model,
+    check_abort_returns_partial_tokens,
+    check_plain_requests_pass_through,
+    check_stop_after_a_real_boxed_answer,
+)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+    path = tmp_path_factory.mktemp("tiny_vllm")
+    tokenizer = build_model(path)
+    args = AsyncEngineArgs(model=str(path), max_model_len=512, enforce_eager=True, dtype="float32", seed=0)
+    engine = EngineHarness(args)
+    yield engine, tokenizer
+    engine.close()
+
+
+def test_the_cpu_build_reports_a_cpu_version_and_platform():
+    import importlib.metadata
+
+    from vllm.platforms import current_platform
+
+    from duet_verl.vllm_support import VLLM_VERSION
+
+    assert importlib.metadata.version("vllm") == f"{VLLM_VERSION}+cpu" and current_platform.is_cpu()
+
+
+def test_abort_returns_partial_tokens_and_leaves_nothing_in_the_engine(harness):
+    engine, tokenizer = harness
+    check_abort_returns_partial_tokens(engine, tokenizer)
+
+
+def test_stop_after_a_real_boxed_answer_appends_the_end_of_turn_token(harness):
+    engine, tokenizer = harness
+    check_stop_after_a_real_boxed_answer(engine, tokenizer)
+
+
+def test_unmonitored_requests_pass_through(harness):
+    engine, _ = harness
+    check_plain_requests_pass_through(engine)
