@@ -5,8 +5,9 @@ Each line has a reason:
 * Ray gets more *logical* CPUs than cores (TransferQueue, the task runner, the agent-loop and reward workers
   each ask for CPUs) and logical GPUs for verl's worker slots (the CPU platform names them ``GPU``).
 * One TransferQueue storage unit instead of eight.
-* The ``hf`` rollout backend (the CPU server in this package); FSDP2 (FSDP1 needs a GPU); SDPA attention
-  (flash-attention is CUDA-only); no remove-padding kernels.
+* Rollouts with verl's vLLM server and DUET's monitor on vLLM's CPU build (``rollout="vllm"``, the default;
+  :data:`VLLM_CPU` says why each vLLM setting) or the ``hf`` backend of this package; FSDP2 (FSDP1 needs a GPU);
+  SDPA attention (flash-attention is CUDA-only); no remove-padding kernels.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ VLLM_CPU = [
 ]
 
 
-def cpu_overrides(world_size: int = 1, ray_cpus: int = 16, rollout: str = "hf") -> list[str]:
+def cpu_overrides(world_size: int = 1, ray_cpus: int = 16, rollout: str = "vllm") -> list[str]:
     """Overrides for ``python -m duet_verl.main`` on CPU with ``world_size`` trainer processes."""
     return [
         f"ray_kwargs.ray_init.num_cpus={ray_cpus}",

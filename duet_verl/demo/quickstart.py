@@ -69,8 +69,9 @@ class QuickstartConfig:
     evals: int = 4
     val_samples: int = 4  # held-out accuracy is mean@val_samples
     warm_start_steps: int = 250
-    hidden: int = 96
+    hidden: int = 128  # 4 heads of 32: vLLM's CPU attention needs a head size of 32 or more
     layers: int = 3
+    rollout: str = "vllm"  # the rollout engine: vllm (verl's vLLM server with DUET's monitor) or hf
     lr: float = 2e-4
 
 
@@ -162,7 +163,7 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
         f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir / 'metrics.jsonl'}",
         f"duet.seed={cfg.seed}",
-        *cpu_overrides(),
+        *cpu_overrides(rollout=cfg.rollout),
     ]
     if policy.method == "grpo":
         return [*common, "duet.enable=false", "algorithm.adv_estimator=grpo"]
@@ -334,6 +335,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _vllm_version() -> str:
+    """The vLLM release in use (the CPU build's version shim reads ``X+cpu``: the release is ``X``)."""
+    from importlib.metadata import version
+
+    return version("vllm").split("+")[0]
+
+
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     """Build assets, train every policy, write ``summary.json`` and the plot; returns the summary."""
     policies = [parse_policy(p) for p in cfg.policies]
@@ -344,7 +352,13 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     start = time.monotonic()
     paths = build_assets(cfg, out)
     results = [run_policy(p, cfg, paths, out) for p in policies]
-    summary = {"config": asdict(cfg), "results": results, "total_wall_clock_s": time.monotonic() - start}
+    summary = {
+        "config": asdict(cfg),
+        "rollout_engine": cfg.rollout,
+        "vllm_version": _vllm_version() if cfg.rollout == "vllm" else None,
+        "results": results,
+        "total_wall_clock_s": time.monotonic() - start,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_accuracy(results, out / "accuracy_vs_tokens.png")
     print(format_table(results))
