@@ -114,7 +114,9 @@ class _DuetCheckpointCallback(CheckpointCallback):
         with open(tmp, "w") as f:
             json.dump(self.controller.state_dict(), f)
         os.replace(tmp, os.path.join(checkpoint_dir, DUET_STATE_FILE))
-        self.inner.on_save(trainer, global_step=global_step, checkpoint_dir=checkpoint_dir, async_save=async_save)
+        self.inner.on_save(
+            trainer, global_step=global_step, checkpoint_dir=checkpoint_dir, async_save=async_save, **kwargs
+        )
 
 
 class DuetPPOTrainerSync(PPOTrainerSync):
