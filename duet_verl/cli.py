@@ -28,9 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--group-size", type=int, default=defaults.group_size, help="reference rollouts per prompt G")
     quick.add_argument("--warm-start-steps", type=int, default=defaults.warm_start_steps)
     quick.add_argument("--evals", type=int, default=defaults.evals, help="held-out evaluations during training")
-    quick.add_argument(
-        "--rollout", choices=("vllm", "hf"), default=defaults.rollout, help="rollout engine (vllm: verl's vLLM server)"
-    )
 
     report = sub.add_parser("report", help="plot a run's logged metrics (verl file logger or TensorBoard)")
     report.add_argument("run_dir", help="a run directory (metrics.jsonl, or TensorBoard event files)")
@@ -78,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             tasks=tasks,
             policies=policies,
-            rollout=args.rollout,
             seed=args.seed,
             prompts_per_step=args.prompts_per_step,
             group_size=args.group_size,

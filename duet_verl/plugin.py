@@ -19,30 +19,21 @@ def _load_duet_vllm_replica():
     return DuetvLLMReplica
 
 
-def _load_hf_replica():
-    from duet_verl.cpu.hf_rollout import HFReplica
-
-    return HFReplica
-
-
 def register() -> None:
-    """Register the CPU platform/engines, the ``duet_grpo`` estimator, the ``duet_single_turn`` agent loop,
-    the DUET vLLM replica and the ``hf`` (CPU) rollout backend."""
+    """Register the CPU platform/engines, the ``duet_grpo`` estimator, the ``duet_single_turn`` agent loop and
+    the DUET vLLM replica (rollout ``vllm``, on GPUs and on vLLM's CPU build alike)."""
     from duet_verl.cpu.platform import register_cpu_backend
 
     register_cpu_backend()  # first: before anything asks verl for its platform
     from verl.trainer.ppo.core_algos import register_adv_est
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    from duet_verl.adapters.compat import register_rollout_adapter
     from duet_verl.adapters.estimator import DUET_ESTIMATOR, compute_duet_grpo_advantage
 
     register_adv_est(DUET_ESTIMATOR)(compute_duet_grpo_advantage)  # re-registering the same function is allowed
     import duet_verl.adapters.agent_loop  # noqa: F401  (registers the agent loop)
 
     RolloutReplicaRegistry.register("vllm", _load_duet_vllm_replica)
-    RolloutReplicaRegistry.register("hf", _load_hf_replica)
-    register_rollout_adapter("hf", "async", "duet_verl.cpu.hf_rollout.HFServerAdapter")
 
 
 def assert_registered() -> None:
@@ -60,8 +51,6 @@ def assert_registered() -> None:
         missing.append(f"agent loop '{DUET_AGENT_LOOP}'")
     if rollout_replica_loader("vllm") is not _load_duet_vllm_replica:
         missing.append("the DUET vLLM replica (rollout 'vllm')")
-    if rollout_replica_loader("hf") is not _load_hf_replica:
-        missing.append("the CPU rollout backend (rollout 'hf')")
     if missing:
         raise RuntimeError(
             "duet_verl is not registered in verl: missing " + ", ".join(missing) + ". Is duet-verl installed in this "

@@ -52,7 +52,7 @@ class DuetSingleTurnAgentLoop(SingleTurnAgentLoop):
         if report is None:
             raise RuntimeError(
                 "the rollout server returned no DUET report: actor_rollout_ref.rollout.name must select a server "
-                "that runs DUET's stop rule (the plug-in registers one for 'vllm' and 'hf')"
+                "that runs DUET's stop rule (the plug-in registers it as 'vllm')"
             )
         apply_report(output, RolloutReport.from_dict(report))
         return output

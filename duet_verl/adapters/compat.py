@@ -18,7 +18,6 @@ __all__ = [
     "build_agent_loop_manager",
     "checkpoint_folder",
     "engine_devices",
-    "register_rollout_adapter",
     "rollout_replica_loader",
 ]
 
@@ -38,14 +37,6 @@ def rollout_replica_loader(name: str) -> Callable[[], type] | None:
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     return RolloutReplicaRegistry._registry.get(name)
-
-
-def register_rollout_adapter(name: str, mode: str, target: str) -> None:
-    """Map rollout ``(name, mode)`` to the worker-side adapter class ``target`` (``rollout.base._ROLLOUT_REGISTRY``:
-    verl has no register function for it)."""
-    from verl.workers.rollout import base
-
-    base._ROLLOUT_REGISTRY[(name, mode)] = target
 
 
 def engine_devices(model_type: str, backend: str) -> set[str]:

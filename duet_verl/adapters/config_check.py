@@ -59,8 +59,8 @@ def check_config(config: DictConfig) -> None:
             "and a cut rollout's recorded experts no longer match its tokens; set duet.stop.enable=false "
             "(allocation only) or turn routing replay off"
         )
-    if settings.stop.enable and rollout.name not in ("vllm", "hf"):
-        raise ConfigError(f"actor_rollout_ref.rollout.name={rollout.name!r}: DUET's stop rule runs in 'vllm' or 'hf'")
+    if settings.stop.enable and rollout.name != "vllm":
+        raise ConfigError(f"actor_rollout_ref.rollout.name={rollout.name!r}: DUET's stop rule runs in 'vllm'")
     if not config.actor_rollout_ref.actor.get("use_dynamic_bsz", False):
         logger.warning(
             "DUET varies the number of rollouts per step; actor_rollout_ref.actor.use_dynamic_bsz=true is recommended"

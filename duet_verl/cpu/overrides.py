@@ -5,8 +5,8 @@ Each line has a reason:
 * Ray gets more *logical* CPUs than cores (TransferQueue, the task runner, the agent-loop and reward workers
   each ask for CPUs) and logical GPUs for verl's worker slots (the CPU platform names them ``GPU``).
 * One TransferQueue storage unit instead of eight.
-* Rollouts with verl's vLLM server and DUET's monitor on vLLM's CPU build (``rollout="vllm"``, the default;
-  :data:`VLLM_CPU` says why each vLLM setting) or the ``hf`` backend of this package; FSDP2 (FSDP1 needs a GPU);
+* Rollouts with verl's vLLM server and DUET's monitor on vLLM's CPU build (:data:`VLLM_CPU` says why each vLLM
+  setting); FSDP2 (FSDP1 needs a GPU);
   SDPA attention (flash-attention is CUDA-only); no remove-padding kernels.
 """
 
@@ -25,7 +25,7 @@ VLLM_CPU = [
 ]
 
 
-def cpu_overrides(world_size: int = 1, ray_cpus: int = 16, rollout: str = "vllm") -> list[str]:
+def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
     """Overrides for ``python -m duet_verl.main`` on CPU with ``world_size`` trainer processes."""
     return [
         f"ray_kwargs.ray_init.num_cpus={ray_cpus}",
@@ -33,8 +33,8 @@ def cpu_overrides(world_size: int = 1, ray_cpus: int = 16, rollout: str = "vllm"
         f"trainer.n_gpus_per_node={world_size}",
         "trainer.nnodes=1",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-        f"actor_rollout_ref.rollout.name={rollout}",
-        *(VLLM_CPU if rollout == "vllm" else []),
+        "actor_rollout_ref.rollout.name=vllm",
+        *VLLM_CPU,
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
         "actor_rollout_ref.rollout.agent.num_workers=1",

@@ -71,7 +71,6 @@ class QuickstartConfig:
     warm_start_steps: int = 250
     hidden: int = 128  # 4 heads of 32: vLLM's CPU attention needs a head size of 32 or more
     layers: int = 3
-    rollout: str = "vllm"  # the rollout engine: vllm (verl's vLLM server with DUET's monitor) or hf
     lr: float = 2e-4
 
 
@@ -163,7 +162,7 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
         f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir / 'metrics.jsonl'}",
         f"duet.seed={cfg.seed}",
-        *cpu_overrides(rollout=cfg.rollout),
+        *cpu_overrides(),
     ]
     if policy.method == "grpo":
         return [*common, "duet.enable=false", "algorithm.adv_estimator=grpo"]
@@ -354,8 +353,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     results = [run_policy(p, cfg, paths, out) for p in policies]
     summary = {
         "config": asdict(cfg),
-        "rollout_engine": cfg.rollout,
-        "vllm_version": _vllm_version() if cfg.rollout == "vllm" else None,
+        "rollout_engine": "vllm",  # verl's vLLM server with DUET's monitor, as on a cluster
+        "vllm_version": _vllm_version(),
         "results": results,
         "total_wall_clock_s": time.monotonic() - start,
     }

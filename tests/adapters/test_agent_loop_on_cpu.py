@@ -1,4 +1,6 @@
-"""DUET's agent loop against a real generating engine (tiny random Qwen2 on CPU), through verl's agent-loop code."""
+"""DUET's agent loop through verl's agent-loop code, against a server that applies DUET's stop rule exactly as
+DUET's vLLM server does, over a scripted engine (which tokens come out is what these tests control; the real
+vLLM engine is exercised in ``tests/vllm`` and end to end in ``tests/e2e``)."""
 
 import asyncio
 from dataclasses import fields
@@ -12,9 +14,8 @@ from duet_verl.adapters.agent_loop import DUET_AGENT_LOOP, DuetSingleTurnAgentLo
 from duet_verl.adapters.compat import agent_loop_names
 from duet_verl.core.controller import DuetController
 from duet_verl.core.settings import DuetSettings, StopSettings
-from duet_verl.cpu.hf_server import HFRolloutServer
 
-from scripted_engine import UNSURE, InProcessServerManager, ScriptedEngine, ScriptedServer, text_script
+from scripted_engine import SURE, UNSURE, InProcessServerManager, ScriptedEngine, ScriptedServer, text_script
 
 RESPONSE = 24
 
@@ -36,12 +37,22 @@ def config():
     )
 
 
-def make_loop(tiny_assets):
-    """(agent loop, its server, tokenizer): the tokenizer is loaded from disk as verl loads it."""
-    path, _, model = tiny_assets
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    server = HFRolloutServer(model, tokenizer, response_length=RESPONSE)
+def make_loop(tiny_assets, script):
+    """(agent loop, its server, tokenizer): the tokenizer is loaded from disk as verl loads it; the server streams
+    ``script(tokenizer)``."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets[0])
+    server = ScriptedServer([ScriptedEngine(script(tokenizer))], max_tokens=RESPONSE)
     return build_loop(tokenizer, server), server, tokenizer
+
+
+def confident_answer(tokenizer):
+    """A confident 21-token answer, then the end-of-turn token (fits in ``RESPONSE``)."""
+    return text_script(tokenizer, ("12+30=42, so 42 it is", SURE), eos=True)
+
+
+def marker_less(tokenizer):
+    """``RESPONSE`` unsure tokens that never write an answer marker."""
+    return text_script(tokenizer, ("x" * RESPONSE, UNSURE))
 
 
 def build_loop(tokenizer, server):
@@ -63,9 +74,9 @@ def prompt_rule(stop):
     return DuetController(settings, group_size=8, response_cap=RESPONSE).plan(["7"], step=3).stop_rules[0].to_dict()
 
 
-def run_loop(tiny_assets, rule, session_id=0):
+def run_loop(tiny_assets, rule, session_id=0, script=confident_answer):
     async def go():
-        loop, _, tokenizer = make_loop(tiny_assets)
+        loop, _, tokenizer = make_loop(tiny_assets, script)
         params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
         kwargs = {
             "raw_prompt": [{"role": "user", "content": "12+30="}],
@@ -114,9 +125,10 @@ def test_confident_stop_ends_with_masked_eos(tiny_assets):
 
 def test_marker_less_rollout_is_aborted_with_partial_tokens(tiny_assets):
     rule = prompt_rule({"min_tokens": 2, "grace": 2, "eps_abort": 1e-9, "marker_domains": ["code"]})
-    out, _, _, tokenizer = run_loop(tiny_assets, rule)
+    out, _, _, tokenizer = run_loop(tiny_assets, rule, script=marker_less)
     assert out.extra_fields["duet"]["outcome"] == "aborted"
     assert len(out.response_ids) == int(0.7 * RESPONSE) + 2
+    assert out.response_ids == [t for t, _, _ in marker_less(tokenizer)][: len(out.response_ids)]
     assert tokenizer.eos_token_id not in out.response_ids
 
 
@@ -129,18 +141,19 @@ def test_per_rollout_seeds_differ_by_session_and_repeat_exactly(tiny_assets):
 
 
 def test_without_rule_it_is_plain_single_turn(tiny_assets):
-    out, _, calls, _ = run_loop(tiny_assets, None)
+    out, _, calls, tokenizer = run_loop(tiny_assets, None)
     assert "extra_args" not in calls[0]
     report = out.extra_fields["duet"]
     assert report["outcome"] == "natural_eos" and not report["monitored"] and report["length"] == len(out.response_ids)
-    assert all(m == 1 for m in out.response_mask) and 0 < len(out.response_ids) <= RESPONSE
+    assert [t for t, _, _ in confident_answer(tokenizer)] == out.response_ids  # every token, the end-of-turn too
+    assert all(m == 1 for m in out.response_mask)
 
 
 def test_rule_needs_an_eos_token(tiny_assets):
     rule = prompt_rule({"min_tokens": 2})
 
     async def go():
-        loop, _, _ = make_loop(tiny_assets)
+        loop, _, _ = make_loop(tiny_assets, confident_answer)
         loop.tokenizer = type("NoEos", (), {"eos_token_id": None})()
         with pytest.raises(ValueError, match="eos_token_id"):
             await loop.run(

@@ -24,18 +24,11 @@ def test_agent_loop_names_read_verls_registry():
 def test_rollout_replica_loader_is_what_verls_get_calls():
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    loader = compat.rollout_replica_loader("hf")
-    assert loader is not None and RolloutReplicaRegistry.get("hf") is loader()
+    from duet_verl.adapters.vllm_server import DuetvLLMReplica
+
+    loader = compat.rollout_replica_loader("vllm")
+    assert loader is not None and RolloutReplicaRegistry.get("vllm") is loader() is DuetvLLMReplica
     assert compat.rollout_replica_loader("no-such-rollout") is None
-
-
-def test_registered_rollout_adapter_is_what_verl_resolves():
-    from verl.workers.rollout.base import get_rollout_class
-
-    compat.register_rollout_adapter("duet_probe", "async", "duet_verl.cpu.hf_rollout.HFServerAdapter")
-    from duet_verl.cpu.hf_rollout import HFServerAdapter
-
-    assert get_rollout_class("duet_probe", "async") is HFServerAdapter
 
 
 def test_engine_devices_read_verls_engine_registry(monkeypatch):

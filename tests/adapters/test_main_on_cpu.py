@@ -47,3 +47,8 @@ def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
     assert "invalid configuration" in out.stderr and key in out.stderr
     assert seconds < 60
     assert "ray init" not in out.stdout.lower()
+
+
+def test_stop_rule_needs_the_duet_vllm_server():
+    out, _ = run_main("actor_rollout_ref.rollout.name=sglang")
+    assert out.returncode == 2 and "actor_rollout_ref.rollout.name='sglang'" in out.stderr, out.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The engine-agnostic stream monitor on vLLM-shaped outputs, and the CPU engine/server that share it."""
+"""The engine-agnostic stream monitor on vLLM-shaped outputs (the real ``AsyncLLM`` is in ``tests/vllm``)."""
 
 import asyncio
 from dataclasses import dataclass
@@ -17,7 +17,6 @@ from duet_verl.core.controller import DuetController
 from duet_verl.core.monitor import StopRuleConfig
 from duet_verl.core.protocol import RolloutStopRule
 from duet_verl.core.settings import DuetSettings
-from duet_verl.cpu.hf_engine import HFSamplingParams, HFStreamingEngine
 
 from scripted_engine import SURE, UNSURE, Logprob, Params, ScriptedEngine
 
@@ -201,64 +200,15 @@ def test_split_duet_rule_and_top_logprobs():
     assert top_logprobs_of(pos, 2) == [-0.1, -1.0]
 
 
-# ---- the CPU engine: real tiny model ----
-
-
-def test_hf_engine_streams_cumulative_outputs_with_topk(tiny_assets):
-    _, tokenizer, model = tiny_assets
-    engine = HFStreamingEngine(model, tokenizer)
-    params = HFSamplingParams(max_tokens=12, temperature=1.0, logprobs=2, seed=3, ignore_eos=True)
-
-    async def run():
-        outs = [o async for o in engine.generate(tokenizer.encode("12+3="), params, "a")]
-        return outs
-
-    outs = asyncio.run(run())
-    assert len(outs) == 12 and outs[-1].finished and outs[-1].outputs[0].finish_reason == "length"
-    comp = outs[-1].outputs[0]
-    assert len(comp.token_ids) == len(comp.logprobs) == 12
-    for tok, pos in zip(comp.token_ids, comp.logprobs, strict=True):
-        ranked = sorted(pos.values(), key=lambda lp: -lp.logprob)
-        assert ranked[0].rank == 1 and tok in pos and pos[tok].decoded_token == tokenizer.decode([tok])
-        assert all(lp.logprob <= 0 for lp in pos.values())
-    again = asyncio.run(run())  # same seed, same tokens
-    assert again[-1].outputs[0].token_ids == comp.token_ids
-
-
-def test_hf_engine_concurrent_requests_and_abort_by_closing(tiny_assets):
-    _, tokenizer, model = tiny_assets
-    engine = HFStreamingEngine(model, tokenizer)
-
-    async def run():
-        long = HFSamplingParams(max_tokens=50, ignore_eos=True, seed=1)
-        short = HFSamplingParams(max_tokens=5, ignore_eos=True, seed=2)
-
-        async def take(params, rid, stop_after=None):
-            n = 0
-            stream = engine.generate([5, 6, 7], params, rid)
-            async for out in stream:
-                n = len(out.outputs[0].token_ids)
-                if stop_after and n >= stop_after:
-                    await stream.aclose()
-                    break
-            return n
-
-        return await asyncio.gather(take(long, "l", stop_after=7), take(short, "s"), take(long, "m"))
-
-    assert asyncio.run(run()) == [7, 5, 50]
-    assert not engine._active
-
-
-def test_monitor_through_the_cpu_engine_matches_config(tiny_assets):
-    _, tokenizer, model = tiny_assets
-    engine = HFStreamingEngine(model, tokenizer)
+def test_a_planned_rule_aborts_a_marker_less_stream_at_k2_plus_grace():
+    """The controller's plan, turned into one rollout's rule as the agent loop does, drives the engine wrapper."""
     settings = DuetSettings.from_mapping(
         {"stop": {"min_tokens": 2, "grace": 3, "eps_abort": 1e-9, "marker_domains": ["generic"]}}
     )
     plan = DuetController(settings, group_size=8, response_cap=20).plan(["q"], step=1)
-    request = MonitoredRequest(plan.stop_rules[0].for_rollout("q/0", tokenizer.eos_token_id))
-    final = gather(engine, request, HFSamplingParams(max_tokens=20, ignore_eos=True, seed=0))[-1]
-    # a random model never writes <answer>..</answer>: aborted at k2 + grace = 14 + 3
-    assert request.report().outcome == "aborted"
-    assert len(final.outputs[0].token_ids) == int(0.7 * 20) + 3
-    assert not engine._active
+    request = MonitoredRequest(plan.stop_rules[0].for_rollout("q/0", EOS))
+    engine = ScriptedEngine([(i, "x", UNSURE) for i in range(20)])
+    final = gather(engine, request)[-1]
+    # no <answer>..</answer> by K2 = 0.7 * 20: aborted after the grace period, with the partial tokens
+    assert request.report().outcome == "aborted" and final.outputs[0].finish_reason == ABORT_FINISH_REASON
+    assert final.outputs[0].token_ids == list(range(int(0.7 * 20) + 3)) and engine.closed
