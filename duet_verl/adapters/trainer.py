@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +36,22 @@ from duet_verl.core.controller import DuetController, StepObservation
 from duet_verl.core.monitor import Outcome
 from duet_verl.core.protocol import RULE_COLUMN, WIRE_KEY, RolloutReport
 
-__all__ = ["DUET_STATE_FILE", "LOSS_MASK_FIELDS", "DuetPPOTrainerSync", "prompt_ids_of", "sequence_scores"]
+__all__ = [
+    "DUET_STATE_FILE",
+    "LOSS_MASK_FIELDS",
+    "PLAN_TIMING",
+    "UPDATE_TIMING",
+    "DuetPPOTrainerSync",
+    "prompt_ids_of",
+    "sequence_scores",
+]
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 DUET_STATE_FILE = "duet_state.json"
+# DUET's own time in a step, logged beside verl's timing_s/* (quickstart: their share of timing_s/step)
+PLAN_TIMING, UPDATE_TIMING = "timing_s/duet_plan", "timing_s/duet_update"
 # The masks verl 0.9.1 reads for the policy loss: ``response_mask`` in ``ppo_loss`` (numerator of token-mean),
 # ``loss_mask`` in the FSDP and Megatron engines' ``forward_backward_batch`` (its denominator, batch_num_tokens).
 LOSS_MASK_FIELDS = ("response_mask", "loss_mask")
@@ -133,6 +144,7 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         assert_registered()
         self.duet_settings = duet_settings_from_config(config)
         self.duet: DuetController | None = None
+        self._plan_seconds = 0.0
         if self.duet_settings.enable:
             self.duet = DuetController(
                 self.duet_settings,
@@ -147,6 +159,7 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         batch = super()._next_train_batch(num_prompts)
         if self.duet is None:
             return batch
+        start = time.perf_counter()
         ids = prompt_ids_of(batch)
         plan = self.duet.plan(ids, step=self.global_steps, features=self._features_of(batch))
         tu.assign_non_tensor_stack(batch, "__rollout_n__", [int(n) for n in plan.n])
@@ -154,6 +167,7 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         tu.assign_non_tensor_stack(batch, "duet_prompt_id", ids)
         if self.duet_settings.stop.enable:
             tu.assign_non_tensor_stack(batch, RULE_COLUMN, [rule.to_dict() for rule in plan.stop_rules])
+        self._plan_seconds = time.perf_counter() - start
         return batch
 
     def _features_of(self, batch: TensorDict) -> np.ndarray:
@@ -172,9 +186,10 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         return self._duet_advantage(batch, metrics)
 
     def _duet_advantage(self, batch, metrics: dict):
-        """DUET's advantage of a step, in four steps."""
+        """DUET's advantage of a step, in four steps (timed, with the plan, as DUET's overhead of the step)."""
         if self.config.algorithm.use_kl_in_reward:
             raise ValueError("duet_grpo does not support algorithm.use_kl_in_reward; use the KL loss instead")
+        start = time.perf_counter()
         # 1. read the step's rollouts (and the server's report of each) from TransferQueue
         step = _StepRollouts.read(batch)
         mask, padding = step.padded("response_mask"), step.padding
@@ -212,6 +227,7 @@ class DuetPPOTrainerSync(PPOTrainerSync):
                 )
             )
         )
+        metrics[PLAN_TIMING], metrics[UPDATE_TIMING] = self._plan_seconds, time.perf_counter() - start
         return batch
 
     # -- checkpointing -------------------------------------------------------------------------

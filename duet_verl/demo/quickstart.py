@@ -274,6 +274,8 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         "wall_clock_s": wall,
         "train_time_s": sum(float(r["data"].get("timing_s/step", 0.0)) for r in rows),
         "gen_time_s": sum(float(r["data"].get("timing_s/gen", 0.0)) for r in rows),
+        # DUET's plan + advantage/update time as a share of verl's step time (None for GRPO)
+        "duet_overhead_share": _duet_share(rows),
         "abort_rate": mean_of("duet/rate_aborted"),
         "marker_stop_rate": mean_of("duet/rate_stopped_after_marker"),
         "eps_kept_rate": mean_of("duet/rate_eps_kept"),
@@ -282,6 +284,15 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         "mean_reward": mean_of("critic/score/mean"),
         "accuracy_curve": curve,
     }
+
+
+def _duet_share(rows: list[dict[str, Any]]) -> float | None:
+    from duet_verl.adapters.trainer import PLAN_TIMING, UPDATE_TIMING
+
+    timed = [r["data"] for r in rows if UPDATE_TIMING in r["data"]]
+    step = sum(float(d.get("timing_s/step", 0.0)) for d in timed)
+    duet = sum(float(d[PLAN_TIMING]) + float(d[UPDATE_TIMING]) for d in timed)
+    return duet / step if timed and step > 0 else None
 
 
 def plot_accuracy(results: list[dict[str, Any]], path: Path) -> Path:
@@ -326,6 +337,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ("wall s", 8, lambda r: fmt(r["wall_clock_s"], ".0f")),
         ("aborted", 9, lambda r: fmt(r["abort_rate"], ".0%")),
         ("stopped", 9, lambda r: fmt(r["marker_stop_rate"], ".0%")),
+        ("duet time", 11, lambda r: fmt(r.get("duet_overhead_share"), ".2%")),
     ]
     header = "".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w, _) in enumerate(columns))
     lines = [header, "-" * len(header)]

@@ -298,6 +298,8 @@ def test_step_metrics(step):
         "wrong": -A_WRONG * lengths["wrong"],
     }
     assert m["duet/max_row_share"] == pytest.approx(max(mass.values()) / sum(mass.values()), rel=1e-5)
+    # DUET's own time in the step, beside verl's timing_s/*: the plan (before rollout) and the update (after)
+    assert 0 < m["timing_s/duet_plan"] < 1.0 and 0 < m["timing_s/duet_update"] < 5.0
 
 
 def _engine_loss(step, indices: list[int], unmasked: tuple[int, ...] = ()) -> float:
