@@ -9,6 +9,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``duet-verl`` console script."""
     from duet_verl.demo.quickstart import QuickstartConfig
+    from duet_verl.tools.bench_vllm import SHAPES, VllmBenchConfig
 
     defaults = QuickstartConfig()
     parser = argparse.ArgumentParser(prog="duet-verl", description="DUET token-budget allocation for verl.")
@@ -42,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time the allocator and the stop/abort monitor; last line is JSON")
     bench.add_argument("--repeats", type=int, default=30, help="timed repetitions per measurement (median)")
+    vllm_defaults = VllmBenchConfig()
+    bench.add_argument(
+        "--vllm", action="store_true", help="also time DUET's rollouts against plain ones in the real vLLM engine"
+    )
+    bench.add_argument("--model", default=None, help="--vllm: local model directory (default: a tiny random Qwen2)")
+    bench.add_argument("--requests", type=int, default=vllm_defaults.requests, help="--vllm: requests per batch")
+    bench.add_argument("--max-tokens", type=int, default=vllm_defaults.max_tokens, help="--vllm: tokens per request")
+    bench.add_argument("--rounds", type=int, default=vllm_defaults.rounds, help="--vllm: interleaved rounds (median)")
+    bench.add_argument(
+        "--shape", choices=tuple(SHAPES), default=vllm_defaults.shape, help="--vllm: random model shape (no --model)"
+    )
     return parser
 
 
@@ -51,10 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         from duet_verl.tools.bench import main as bench_main
+        from duet_verl.tools.bench_vllm import VllmBenchConfig
 
-        if args.repeats < 1:
-            parser.error("--repeats must be >= 1")
-        return bench_main(args.repeats)
+        for name in ("repeats", "requests", "max_tokens", "rounds"):
+            if getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        vllm = None
+        if args.vllm:
+            vllm = VllmBenchConfig(args.model, args.requests, args.max_tokens, args.rounds, shape=args.shape)
+        return bench_main(args.repeats, vllm)
     if args.command == "quickstart":
         from duet_verl.demo.quickstart import QuickstartConfig, parse_policy, run_quickstart
 

@@ -60,13 +60,16 @@ class Params:
 @dataclass
 class ScriptedEngine:
     """Streams a fixed script of ``(token_id, text, (top-1 log-prob, top-2 log-prob))`` as cumulative outputs,
-    ``per_output`` tokens at a time; closing the stream aborts (or fails to, with ``fail_close``)."""
+    ``per_output`` tokens at a time; closing the stream aborts (or fails to, with ``fail_close``). With ``flat``,
+    log-probs come in vLLM's own ``FlatLogprobs`` (the sampled token, then ranks 1 and 2), as with
+    ``SamplingParams.flat_logprobs``."""
 
     script: list
     per_output: int = 1
     fail_close: bool = False
     finish_reason: str = "stop"
     decoded: bool = True
+    flat: bool = False
     closed: bool = False
     produced: int = 0
     received: Any = None
@@ -77,7 +80,13 @@ class ScriptedEngine:
 
         class Stream:
             def __init__(self):
-                self.ids, self.lps = [], []
+                self.ids = []
+                if engine.flat:
+                    from vllm.logprobs import FlatLogprobs
+
+                    self.lps = FlatLogprobs()
+                else:
+                    self.lps = []
 
             def __aiter__(self):
                 return self
@@ -92,10 +101,14 @@ class ScriptedEngine:
                     engine.produced += 1
                     self.ids.append(tid)
                     shown = text if engine.decoded else None
-                    self.lps.append({tid: Logprob(a, 1, shown), 100_000 + tid: Logprob(b, 2, "?")})
+                    if engine.flat:
+                        self.lps.append_fast([tid, tid, 100_000 + tid], [a, a, b], iter([1, 1, 2]), [shown, shown, "?"])
+                    else:
+                        self.lps.append({tid: Logprob(a, 1, shown), 100_000 + tid: Logprob(b, 2, "?")})
                 finished = engine.produced >= len(engine.script)
                 reason = engine.finish_reason if finished else None
-                completion = CompletionOutput(0, "", list(self.ids), list(self.lps), reason)
+                logprobs = self.lps if engine.flat else list(self.lps)  # vLLM hands out its flat container itself
+                completion = CompletionOutput(0, "", list(self.ids), logprobs, reason)
                 return RequestOutput(request_id, [completion], finished)
 
             async def aclose(self):

@@ -1,23 +1,19 @@
-"""Checks of DUET's stream monitor inside a real vLLM ``AsyncLLM``, shared by the CPU suite
-(``tests/vllm/test_engine_on_cpu.py``) and the GPU suite (``tests/gpu/test_vllm_duet.py``).
-
-An :class:`EngineHarness` owns one engine and the one event loop it lives on (vLLM's output handler belongs to the
-loop that started it: a second ``asyncio.run`` gets ``EngineDeadError``).
+"""Checks of DUET's stream monitor inside a real vLLM ``AsyncLLM`` (driven by
+:class:`~duet_verl.vllm_support.harness.EngineHarness`), shared by the CPU suite (``tests/vllm/test_engine_on_cpu.py``)
+and the GPU suite (``tests/gpu/test_vllm_duet.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from duet_verl.adapters.stream_monitor import ABORT_FINISH_REASON, MonitoredRequest, monitored_generate, with_monitor
+from duet_verl.adapters.stream_monitor import ABORT_FINISH_REASON, MonitoredRequest
 from duet_verl.core.markers import MarkerSpec
 from duet_verl.core.monitor import StopRuleConfig
 from duet_verl.core.protocol import RolloutStopRule
 from duet_verl.demo.assets import build_tiny_model, build_tokenizer
+from duet_verl.vllm_support.harness import EngineHarness
 
 
 def build_model(path: Path, hidden: int = 128, layers: int = 2, heads: int = 4):
@@ -25,54 +21,6 @@ def build_model(path: Path, hidden: int = 128, layers: int = 2, heads: int = 4):
     tokenizer = build_tokenizer()
     build_tiny_model(tokenizer, path, hidden=hidden, layers=layers, heads=heads)
     return tokenizer
-
-
-@dataclass
-class _Produced:
-    output: object
-    extra_fields: dict
-
-
-class EngineHarness:
-    """One ``AsyncLLM`` on one event loop; :meth:`run` drives a coroutine on that loop."""
-
-    def __init__(self, engine_args):
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        self.loop = asyncio.new_event_loop()
-
-        async def start():
-            return AsyncLLM.from_engine_args(engine_args)
-
-        self.llm = self.loop.run_until_complete(start())
-        self.generate = monitored_generate(self.llm.generate)
-
-    def run(self, coro, timeout: float = 300.0):
-        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-    def close(self) -> None:
-        """Shut the engine down, then end its loop's tasks (its output handler) before closing the loop."""
-        self.llm.shutdown()
-        pending = asyncio.all_tasks(self.loop)
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.close()
-
-    async def one(self, prompt_ids: list[int], params, request: MonitoredRequest | None):
-        """One request through DUET's engine wrapper, as a server runs it: (final output, request)."""
-        request_id = uuid.uuid4().hex
-
-        async def produce():
-            final = None
-            async for final in self.generate({"prompt_token_ids": prompt_ids}, params, request_id):
-                pass
-            return _Produced(final, {})
-
-        return (await with_monitor(request, produce())).output, request
-
-    def unfinished(self) -> int:
-        return self.llm.output_processor.get_num_unfinished_requests()
 
 
 def stop_rule(eos_token_id: int, **kw) -> MonitoredRequest:
@@ -108,6 +56,10 @@ def check_abort_returns_partial_tokens(harness: EngineHarness, tokenizer, count:
         completion = final.outputs[0]
         assert completion.finish_reason == ABORT_FINISH_REASON
         assert len(completion.token_ids) == 48 + 8 == len(completion.logprobs)
+        # DUET asked vLLM for flat log-probs; the server gets back only each sampled token's own entry
+        assert [list(p) for p in completion.logprobs] == [[t] for t in completion.token_ids]
+        positions = zip(completion.logprobs, completion.token_ids, strict=True)
+        assert all(p[t].logprob <= 0 and p[t].decoded_token for p, t in positions)
         report = request.report()
         assert report.outcome == "aborted" and report.length == 56 and not report.synthetic_eos
     assert harness.unfinished() == 0
@@ -150,21 +102,3 @@ def check_plain_requests_pass_through(harness: EngineHarness) -> None:
     params = SamplingParams(max_tokens=32, temperature=1.0, ignore_eos=True)
     final, request = harness.run(harness.one([5, 6, 7], params, None))
     assert request is None and len(final.outputs[0].token_ids) == 32 and final.outputs[0].logprobs is None
-
-
-def throughput_ratio(harness: EngineHarness, tokenizer, requests: int, max_tokens: int, rounds: int = 3) -> float:
-    """Median over ``rounds`` of (time without monitor) / (time with a monitor that never decides)."""
-    from vllm import SamplingParams
-
-    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
-    never = {"k1": max_tokens, "k2": max_tokens, "grace": max_tokens}
-
-    async def batch(monitored: bool) -> float:
-        start = time.perf_counter()
-        rules = [stop_rule(tokenizer.eos_token_id, **never) if monitored else None for _ in range(requests)]
-        await asyncio.gather(*(harness.one([5 + i % 50, 6, 7], params, r) for i, r in enumerate(rules)))
-        return time.perf_counter() - start
-
-    harness.run(batch(False))  # warm up
-    ratios = sorted(harness.run(batch(False)) / harness.run(batch(True)) for _ in range(rounds))
-    return ratios[len(ratios) // 2]

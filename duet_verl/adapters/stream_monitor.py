@@ -37,6 +37,7 @@ __all__ = [
     "engine_ending",
     "monitored_generate",
     "monitored_stream",
+    "sampled_logprobs",
     "split_duet_rule",
     "top_logprobs_of",
     "with_monitor",
@@ -56,6 +57,21 @@ _CURRENT_REQUEST: contextvars.ContextVar[MonitoredRequest | None] = contextvars.
 def engine_ending(finish_reason: str | None) -> Outcome:
     """How the engine ended a request, from vLLM's finish reason (``stop``/``length``/``abort``)."""
     return _ENGINE_FINISH.get(finish_reason or "", Outcome.NATURAL_EOS)
+
+
+def sampled_logprobs(logprobs: Any, token_ids: list[int]) -> list[dict[int, Any]]:
+    """The sampled token's entry of each of the first ``len(token_ids)`` positions (what a server reads back: the
+    rollout's own log-probs), from per-position dicts or vLLM's ``FlatLogprobs``, without the alternatives."""
+    if not hasattr(logprobs, "start_indices"):
+        return [{t: position[t]} for position, t in zip(logprobs, token_ids, strict=False)]
+    if not token_ids:
+        return []
+    entry = type(next(iter(logprobs[0].values())))  # vLLM's Logprob
+    starts, values, ranks, texts = logprobs.start_indices, logprobs.logprobs, logprobs.ranks, logprobs.decoded_tokens
+    return [
+        {t: entry(logprob=values[at], rank=ranks[at], decoded_token=texts[at])}
+        for t, at in zip(token_ids, starts, strict=False)
+    ]
 
 
 def top_logprobs_of(position: dict[int, Any], k: int) -> list[float]:
@@ -88,15 +104,22 @@ class MonitoredRequest:
         if logprobs is None:
             raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
         on_token, top_k = self.monitor.on_token, self.top_k
+        flat = hasattr(logprobs, "start_indices")  # vLLM's FlatLogprobs: [sampled, rank 1, …, rank k] per position
+        if flat:
+            starts, values, texts = logprobs.start_indices, logprobs.logprobs, logprobs.decoded_tokens
         for i in range(self.seen, len(token_ids)):
-            position = logprobs[i]
-            text = position[token_ids[i]].decoded_token
+            if flat:
+                at = starts[i]
+                text, top = texts[at], values[at + 1 : at + 1 + top_k]
+            else:
+                position = logprobs[i]
+                text, top = position[token_ids[i]].decoded_token, top_logprobs_of(position, top_k)
             if text is None:
                 raise RuntimeError(
                     "DUET's stop rule needs decoded tokens to find answer markers, but the engine returned "
                     "decoded_token=None (detokenization is off for this request)"
                 )
-            action = on_token(text, top_logprobs_of(position, top_k))
+            action = on_token(text, top)
             if action is not Action.CONTINUE:
                 self.decision, self.decided_at, self.seen = action, i + 1, i + 1
                 break
@@ -121,7 +144,7 @@ class MonitoredRequest:
         completion = copy.copy(output.outputs[0])
         keep = self.decided_at or len(completion.token_ids)
         token_ids = list(completion.token_ids[:keep])
-        logprobs = list(completion.logprobs[:keep]) if completion.logprobs is not None else None
+        logprobs = sampled_logprobs(completion.logprobs, token_ids) if completion.logprobs is not None else None
         room = self.max_tokens is None or keep < self.max_tokens
         if self.decision is Action.STOP:
             if room and (not token_ids or token_ids[-1] != self.eos_token_id):
@@ -144,6 +167,16 @@ class MonitoredRequest:
         final.finished = True
         return final
 
+    def compact(self, output: Any) -> Any:
+        """A copy of the finished ``output`` whose log-probs keep only the sampled tokens (the alternatives were the
+        monitor's; dropping them spares the server building an object per alternative)."""
+        completion = copy.copy(output.outputs[0])
+        if completion.logprobs is not None:
+            completion.logprobs = sampled_logprobs(completion.logprobs, list(completion.token_ids))
+        final = copy.copy(output)
+        final.outputs = [completion, *output.outputs[1:]]
+        return final
+
     def report(self) -> RolloutReport:
         """What the server returns in ``TokenOutput.extra_fields["duet"]`` (as a dict)."""
         record = self.monitor.record
@@ -162,6 +195,7 @@ async def monitored_stream(stream: AsyncIterator[Any], request: MonitoredRequest
         if request.update(output.outputs[0]) is Action.CONTINUE:
             if output.finished:
                 request.finish(output.outputs[0])
+                output = request.compact(output)
             yield output
             continue
         try:
@@ -209,6 +243,8 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]]):
         params.logprobs = max(request.top_k, params.logprobs or 0)
         if hasattr(params, "detokenize"):
             params.detokenize = True
+        if hasattr(params, "flat_logprobs"):
+            params.flat_logprobs = True  # vLLM keeps the log-probs in flat lists, not an object per alternative
         request.max_tokens = getattr(params, "max_tokens", None)
         stream = engine_generate(prompt, params, request_id, *args, **kwargs)
         async for output in monitored_stream(stream, request):

@@ -5,7 +5,7 @@ Prints one progress line per measurement and, as the last line, one JSON object 
 3,000-token math-like stream), ``reference_monitor_ns_per_token`` (the same stream through a
 straightforward monitor in the style of the DUET reference: decode the last 256 tokens with the
 tokenizer and run the marker regexes every 8 tokens, per-token signal from the logits with torch) and
-``monitor_speedup`` (their ratio).
+``monitor_speedup`` (their ratio). With ``--vllm``, the keys of :mod:`duet_verl.tools.bench_vllm` follow.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from duet_verl.core.allocator import allocate_rollouts, token_budget
 from duet_verl.core.monitor import Action, StopAbortMonitor, StopRuleConfig
+from duet_verl.tools.bench_vllm import VllmBenchConfig, run_vllm_bench
 
 STREAM_TOKENS = 3000
 CAP = 3072
@@ -244,8 +245,10 @@ def run_bench(repeats: int = 30, out=sys.stdout) -> dict[str, float]:
     return {k: round(v, 6 if "error" in k else 2) for k, v in result.items()}
 
 
-def main(repeats: int = 30) -> int:
-    """CLI entry: progress lines, then the JSON object as the last line."""
+def main(repeats: int = 30, vllm: VllmBenchConfig | None = None) -> int:
+    """CLI entry: progress lines, then the JSON object as the last line (with ``vllm``, the engine's keys too)."""
     result = run_bench(repeats)
+    if vllm is not None:
+        result |= run_vllm_bench(vllm)
     print(json.dumps(result, sort_keys=True))
     return 0

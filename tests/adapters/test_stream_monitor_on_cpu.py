@@ -92,6 +92,30 @@ def test_stop_cuts_at_decision_appends_eos_and_closes_engine(per_output):
     assert report.monitor_ns > 0
 
 
+@pytest.mark.parametrize("script", ["stop", "abort", "natural"])
+def test_flat_logprobs_give_the_same_decisions_and_sampled_logprobs(script):
+    """vLLM's FlatLogprobs (what DUET asks for) and per-position dicts: the same decision at the same token, the
+    same report, and the final output keeps only the sampled token's log-prob at each position."""
+    scripts = {
+        "stop": script_with_marker(),
+        "abort": [(i, "x", SURE) for i in range(40)],
+        "natural": [(i, "x", UNSURE) for i in range(6)],
+    }
+    results = []
+    for flat in (False, True):
+        request = monitored() if script != "natural" else monitored(k1=10, k2=20)
+        final = gather(ScriptedEngine(scripts[script], flat=flat), request)[-1].outputs[0]
+        results.append((final, request.report()))
+    (dicts, report_dicts), (flat, report_flat) = results
+    assert report_flat.to_dict() | {"monitor_ns": 0} == report_dicts.to_dict() | {"monitor_ns": 0}
+    assert flat.token_ids == dicts.token_ids and flat.finish_reason == dicts.finish_reason
+    for out in (dicts, flat):
+        assert [list(p) for p in out.logprobs] == [[t] for t in out.token_ids]  # the sampled token only
+    assert [p[t].logprob for p, t in zip(flat.logprobs, flat.token_ids, strict=True)] == [
+        p[t].logprob for p, t in zip(dicts.logprobs, dicts.token_ids, strict=True)
+    ]
+
+
 def test_abort_without_marker_returns_partial_tokens():
     engine = ScriptedEngine([(i, "x", SURE) for i in range(40)])
     request = monitored()

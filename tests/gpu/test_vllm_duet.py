@@ -1,8 +1,10 @@
 """GPU tests: DUET's monitor inside vLLM 0.24's AsyncLLM on a tiny local model, on CUDA.
 
-The same checks as the CPU suite's ``tests/vllm/test_engine_on_cpu.py`` (``tests/vllm_checks.py``), plus the
-throughput target. Not collected by the CPU suite (CPU tests are ``test_*_on_cpu.py``). On a GPU machine
-installed with ``python install.py '.[test]'``: ``python -m pytest tests/gpu -o python_files='test_*.py' -s``.
+The same checks as the CPU suite's ``tests/vllm/test_engine_on_cpu.py`` (``tests/vllm_checks.py``). Not collected
+by the CPU suite (CPU tests are ``test_*_on_cpu.py``); speed is measured by ``duet-verl bench --vllm``, not here.
+Each check runs under the harness's own timeout (``EngineHarness.run``, 300 s) on the engine's one event loop.
+On a GPU machine installed with ``python install.py '.[test]'`` (or through ``scripts/gpu_check.sh``):
+``python -m pytest tests/gpu -o python_files='test_*.py'``.
 """
 
 import pytest
@@ -11,13 +13,13 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
+from duet_verl.vllm_support.harness import EngineHarness  # noqa: E402
+
 from vllm_checks import (  # noqa: E402
-    EngineHarness,
     build_model,
     check_abort_returns_partial_tokens,
     check_plain_requests_pass_through,
     check_stop_after_a_real_boxed_answer,
-    throughput_ratio,
 )
 
 
@@ -48,10 +50,3 @@ def test_stop_after_a_real_boxed_answer_appends_the_end_of_turn_token(harness):
 def test_unmonitored_requests_pass_through(harness):
     engine, _ = harness
     check_plain_requests_pass_through(engine)
-
-
-def test_throughput_with_monitor_is_at_least_97_percent(harness):
-    engine, tokenizer = harness
-    ratio = throughput_ratio(engine, tokenizer, requests=128, max_tokens=256)
-    print(f"[gpu] throughput with/without monitor (median of 3): {ratio:.3f}")
-    assert ratio >= 0.97

@@ -1,0 +1,200 @@
+"""``duet-verl bench --vllm``: DUET's rollouts against plain rollouts in the real vLLM engine, on this machine's device.
+
+The same requests (``--requests`` prompts × ``--max-tokens`` tokens, end-of-turn ignored so every request runs to its
+cap unless DUET ends it) go through DUET's engine wrapper on one ``AsyncLLM`` (the path of DUET's vLLM server) in
+four variants, interleaved round by round so drift hits all of them alike:
+
+* ``plain``: no log-probs, no monitor (what GRPO's rollouts cost);
+* ``logprobs2``: top-2 detokenized log-probs, as DUET asks for them, no monitor (the engine's share of the cost);
+* ``duet``: DUET's rule, never firing (every request runs to its cap: the monitor's full cost);
+* ``duet_firing``: DUET's rule firing (no answer marker, so every request is aborted at ``K2 + grace``).
+
+Throughput is generated tokens per second of wall-clock for the batch; each variant's median over ``--rounds``.
+The last line is one JSON object: ``vllm_plain_tok_s``, ``vllm_duet_tok_s``, ``vllm_throughput_ratio`` (DUET ÷
+plain), ``vllm_logprobs2_ratio`` (logprobs2 ÷ plain), ``vllm_firing_tok_s``, ``server_monitor_ns_per_token``
+(DUET's own time per monitored token inside the wrapper), ``device``, ``model`` and the sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from duet_verl.core.markers import MarkerSpec
+from duet_verl.core.monitor import StopRuleConfig
+from duet_verl.core.protocol import RolloutStopRule
+
+__all__ = ["VllmBenchConfig", "run_vllm_bench"]
+
+VARIANTS = ("plain", "logprobs2", "duet", "duet_firing")
+
+
+# Randomly initialised models built on the spot (nothing downloaded), with the project's byte-level tokenizer's
+# vocabulary: ``tiny`` is the quickstart's model, ``qwen3-1.7b`` Qwen3-1.7B's transformer shape (for a GPU).
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4},
+    "qwen3-1.7b": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 6144,
+    },
+}
+
+
+@dataclass
+class VllmBenchConfig:
+    """Sizes of ``bench --vllm``; ``model`` is a local Hugging Face directory, else a random model of ``shape``."""
+
+    model: str | None = None
+    requests: int = 64
+    max_tokens: int = 256
+    rounds: int = 5
+    prompt_tokens: int = 16
+    shape: str = "tiny"
+
+
+def _rule(eos_token_id: int, max_tokens: int, firing: bool) -> Any:
+    """A monitored request: never deciding (K1 = K2 = cap), or aborting marker-less rollouts at K2 + grace."""
+    from duet_verl.adapters.stream_monitor import MonitoredRequest
+
+    k2 = max_tokens // 2 if firing else max_tokens
+    config = StopRuleConfig(
+        k1=max_tokens // 4 if firing else max_tokens,
+        k2=k2,
+        threshold=1.0,
+        seed=0,
+        min_tokens=8,
+        grace=8 if firing else max_tokens,
+        check_every=8,
+        hysteresis=5,
+        eps_len=0.0,
+        eps_abort=1e-12,
+        markers=MarkerSpec(domains=("math",)),
+    )
+    return MonitoredRequest(RolloutStopRule(config, eos_token_id, 2))
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def _engine_args(model: str, max_model_len: int):
+    import torch
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    if torch.cuda.is_available():
+        return AsyncEngineArgs(
+            model=model, max_model_len=max_model_len, gpu_memory_utilization=0.5, dtype="bfloat16", seed=0
+        )
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
+    return AsyncEngineArgs(model=model, max_model_len=max_model_len, enforce_eager=True, dtype="float32", seed=0)
+
+
+def _random_model(directory: str, shape: str) -> str:
+    """A randomly initialised Qwen3 of ``SHAPES[shape]`` with the byte-level tokenizer, saved to ``directory``."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from duet_verl.demo.assets import build_tokenizer
+
+    tokenizer = build_tokenizer(directory)
+    sizes = SHAPES[shape]
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        intermediate_size=sizes.get("intermediate_size", 2 * sizes["hidden_size"]),
+        head_dim=sizes.get("head_dim", sizes["hidden_size"] // sizes["num_attention_heads"]),
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **{k: v for k, v in sizes.items() if k not in ("intermediate_size", "head_dim")},
+    )
+    torch.manual_seed(0)
+    gpu = torch.cuda.is_available()
+    with torch.device("cuda" if gpu else "cpu"):
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16 if gpu else torch.float32)
+    model.save_pretrained(directory)
+    return directory
+
+
+def run_vllm_bench(cfg: VllmBenchConfig, out=sys.stdout) -> dict[str, Any]:
+    """Start the engine, run the interleaved rounds and return the result dict (progress lines to ``out``)."""
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+
+    from duet_verl.vllm_support.harness import EngineHarness
+
+    def log(message: str) -> None:
+        print(f"[bench --vllm] {message}", file=out, flush=True)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model = cfg.model or _random_model(scratch, cfg.shape)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        eos = tokenizer.eos_token_id
+        described = cfg.model or f"random {cfg.shape}-shaped Qwen3 ({SHAPES[cfg.shape]}), byte-level vocabulary"
+        log(f"starting vLLM on {_device()} with {described}")
+        started = time.perf_counter()
+        harness = EngineHarness(_engine_args(model, cfg.prompt_tokens + cfg.max_tokens + 16))
+        log(f"engine ready in {time.perf_counter() - started:.0f}s")
+        try:
+            return _measure(harness, cfg, eos, SamplingParams, log) | {"device": _device(), "model": described}
+        finally:
+            harness.close()
+
+
+def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> dict[str, Any]:
+    plain = sampling_params(max_tokens=cfg.max_tokens, temperature=1.0, ignore_eos=True, seed=None)
+    logprobs2 = plain.clone()
+    logprobs2.logprobs, logprobs2.detokenize = 2, True
+    prompts = [[5 + (i * 7 + j) % 200 for j in range(cfg.prompt_tokens)] for i in range(cfg.requests)]
+
+    async def batch(variant: str) -> tuple[float, int, int]:
+        """(seconds, generated tokens, monitor ns) of one batch of the variant."""
+        params = logprobs2 if variant == "logprobs2" else plain
+        rules = [
+            _rule(eos, cfg.max_tokens, firing=variant == "duet_firing") if variant.startswith("duet") else None
+            for _ in prompts
+        ]
+        start = time.perf_counter()
+        done = await asyncio.gather(*(harness.one(p, params, r) for p, r in zip(prompts, rules, strict=True)))
+        seconds = time.perf_counter() - start
+        tokens = sum(len(final.outputs[0].token_ids) for final, _ in done)
+        return seconds, tokens, sum(r.monitor_ns for r in rules if r is not None)
+
+    harness.run(batch("plain"))  # warm-up: first-step compilation and caches
+    runs: dict[str, list[tuple[float, int, int]]] = {v: [] for v in VARIANTS}
+    for round_index in range(cfg.rounds):
+        for variant in VARIANTS[round_index % len(VARIANTS) :] + VARIANTS[: round_index % len(VARIANTS)]:
+            runs[variant].append(harness.run(batch(variant), timeout=1800))
+        rates = {v: runs[v][-1][1] / runs[v][-1][0] for v in VARIANTS}
+        log(f"round {round_index + 1}/{cfg.rounds}: " + ", ".join(f"{v} {r:,.0f} tok/s" for v, r in rates.items()))
+    if harness.unfinished():
+        raise RuntimeError(f"{harness.unfinished()} requests were left unfinished in the engine")
+    tok_s = {v: statistics.median(t / s for s, t, _ in runs[v]) for v in VARIANTS}
+    monitored = [(ns, t) for v in ("duet", "duet_firing") for _, t, ns in runs[v]]
+    return {
+        "vllm_plain_tok_s": round(tok_s["plain"], 1),
+        "vllm_logprobs2_tok_s": round(tok_s["logprobs2"], 1),
+        "vllm_duet_tok_s": round(tok_s["duet"], 1),
+        "vllm_firing_tok_s": round(tok_s["duet_firing"], 1),
+        "vllm_throughput_ratio": round(tok_s["duet"] / tok_s["plain"], 4),
+        "vllm_logprobs2_ratio": round(tok_s["logprobs2"] / tok_s["plain"], 4),
+        "server_monitor_ns_per_token": round(sum(ns for ns, _ in monitored) / max(sum(t for _, t in monitored), 1), 1),
+        "requests": cfg.requests,
+        "max_tokens": cfg.max_tokens,
+        "rounds": cfg.rounds,
+    }

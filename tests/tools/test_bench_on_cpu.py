@@ -1,0 +1,39 @@
+"""``duet-verl bench`` (and ``--vllm``, the real engine on this CPU): progress lines, then one JSON object."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def bench(*args, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "duet_verl.cli", "bench", "--repeats", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_bench_with_vllm_prints_every_key_last():
+    out = bench("--vllm", "--requests", "4", "--max-tokens", "48", "--rounds", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert any(line.startswith("[bench --vllm] round 1/1") for line in lines)  # progress while it runs
+    for key in ("alloc_us_m8192", "monitor_ns_per_token", "monitor_speedup"):  # the micro-benchmarks stay
+        assert result[key] > 0, key
+    assert result["device"].startswith("cpu") and result["requests"] == 4 and result["max_tokens"] == 48
+    for key in ("vllm_plain_tok_s", "vllm_logprobs2_tok_s", "vllm_duet_tok_s", "vllm_firing_tok_s"):
+        assert result[key] > 0, key
+    plain = result["vllm_plain_tok_s"]
+    assert result["vllm_throughput_ratio"] == pytest.approx(result["vllm_duet_tok_s"] / plain, 1e-3)
+    assert result["vllm_logprobs2_ratio"] == pytest.approx(result["vllm_logprobs2_tok_s"] / plain, 1e-3)
+    assert result["server_monitor_ns_per_token"] > 0  # the monitor ran on every DUET request
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--requests", "--max-tokens"])
+def test_bench_rejects_non_positive_sizes(flag):
+    out = bench("--vllm", flag, "0", timeout=60)
+    assert out.returncode == 2 and f"{flag} must be >= 1" in out.stderr
