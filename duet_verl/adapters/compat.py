@@ -19,6 +19,7 @@ __all__ = [
     "checkpoint_folder",
     "engine_devices",
     "rollout_replica_loader",
+    "set_replay_poll_interval",
 ]
 
 VERL_VERSION = "0.9.1"
@@ -66,3 +67,12 @@ def checkpoint_folder(trainer_config: Any, global_steps: int) -> str:
     else:
         folder = os.path.join(trainer_config.default_local_dir, f"global_step_{global_steps}")
     return folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder)
+
+
+def set_replay_poll_interval(replay_buffer: Any, seconds: float) -> None:
+    """How often verl's V1 ``ReplayBuffer`` checks whether a step's rollouts are done (``poll_interval``, a
+    constructor default of 2 s that no config key reaches; ``_wait_for_next_poll`` sleeps it). On a CPU quickstart a
+    step's generation takes 1–4 s, so the default rounds it up to the next multiple of 2 s."""
+    if seconds <= 0:
+        raise ValueError(f"trainer.v1.sampler.poll_interval must be > 0, got {seconds}")
+    replay_buffer.poll_interval = float(seconds)

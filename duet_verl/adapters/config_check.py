@@ -38,6 +38,9 @@ def check_config(config: DictConfig) -> None:
         raise ConfigError("trainer.use_v1 must be true: DUET runs on verl's V1 trainer")
     if trainer.v1.trainer_mode != "sync":
         raise ConfigError(f"trainer.v1.trainer_mode must be 'sync' for DUET, got {trainer.v1.trainer_mode!r}")
+    poll = config.trainer.v1.sampler.get("poll_interval")
+    if poll is not None and not (isinstance(poll, int | float) and poll > 0):
+        raise ConfigError(f"trainer.v1.sampler.poll_interval={poll!r}: seconds between replay-buffer polls, > 0")
     if not settings.enable:
         return
     algorithm = config.algorithm

@@ -29,7 +29,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_to_nested
 
-from duet_verl.adapters.compat import checkpoint_folder
+from duet_verl.adapters.compat import checkpoint_folder, set_replay_poll_interval
 from duet_verl.adapters.config_check import duet_settings_from_config
 from duet_verl.adapters.estimator import DUET_ESTIMATOR
 from duet_verl.core.controller import DuetController, StepObservation
@@ -135,6 +135,9 @@ class DuetPPOTrainerSync(PPOTrainerSync):
 
     def __init__(self, config: DictConfig):
         super().__init__(config)
+        poll = config.trainer.v1.sampler.get("poll_interval")  # an optional key of DUET's (verl's default: 2 s)
+        if poll is not None:
+            set_replay_poll_interval(self.replay_buffer, float(poll))
         self._init_duet(config)
 
     def _init_duet(self, config: DictConfig) -> None:

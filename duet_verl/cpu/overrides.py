@@ -5,6 +5,8 @@ Each line has a reason:
 * Ray gets more *logical* CPUs than cores (TransferQueue, the task runner, the agent-loop and reward workers
   each ask for CPUs) and logical GPUs for verl's worker slots (the CPU platform names them ``GPU``).
 * One TransferQueue storage unit instead of eight.
+* verl's replay buffer checks for finished rollouts every 0.1 s instead of 2 s (``trainer.v1.sampler.poll_interval``,
+  read by DUET's trainer): a CPU step generates for 1–4 s, which the 2 s poll would round up.
 * Rollouts with verl's vLLM server and DUET's monitor on vLLM's CPU build (:data:`VLLM_CPU` says why each vLLM
   setting); FSDP2 (FSDP1 needs a GPU);
   SDPA attention (flash-attention is CUDA-only); no remove-padding kernels.
@@ -33,6 +35,7 @@ def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
         f"trainer.n_gpus_per_node={world_size}",
         "trainer.nnodes=1",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        "+trainer.v1.sampler.poll_interval=0.1",
         "actor_rollout_ref.rollout.name=vllm",
         *VLLM_CPU,
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",

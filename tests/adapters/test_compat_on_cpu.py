@@ -66,3 +66,16 @@ def test_checkpoint_folder_matches_verls_resume_rule(tmp_path, monkeypatch):
         __import__("verl.trainer.ppo.v1.trainer_base", fromlist=["x"]).PPOTrainer._load_checkpoint
     )
     assert 'split("global_step_")' in source and "find_latest_ckpt_path(checkpoint_folder)" in source
+
+
+def test_replay_poll_interval_is_the_attribute_verls_buffer_sleeps():
+    import pytest
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    assert inspect.signature(ReplayBuffer.__init__).parameters["poll_interval"].default == 2.0
+    assert "time.sleep(self.poll_interval)" in inspect.getsource(ReplayBuffer._wait_for_next_poll)
+    buffer = type("Buffer", (), {"poll_interval": 2.0})()
+    compat.set_replay_poll_interval(buffer, 0.1)
+    assert buffer.poll_interval == 0.1
+    with pytest.raises(ValueError, match="poll_interval"):
+        compat.set_replay_poll_interval(buffer, 0)

@@ -39,6 +39,7 @@ def test_cfg_job_prints_the_resolved_duet_config():
         ("actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent", "default_agent_loop"),
         ("+duet.bogus=1", "duet.bogus"),
         ("actor_rollout_ref.rollout.enable_rollout_routing_replay=true", "enable_rollout_routing_replay"),
+        ("+trainer.v1.sampler.poll_interval=0", "trainer.v1.sampler.poll_interval"),
     ],
 )
 def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
