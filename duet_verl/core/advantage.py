@@ -158,6 +158,12 @@ class WeightedAdvantage:
     weights: torch.Tensor  # (B,), 0 on invalid rows
     metrics: dict[str, float]
 
+    @property
+    def unweighted_advantages(self) -> torch.Tensor:
+        """(B,) the GRPO advantage before the importance weight (0 on invalid rows)."""
+        w = self.weights.to(torch.float64)
+        return torch.where(w > 0, self.scalar_advantages / torch.where(w > 0, w, 1.0), torch.zeros_like(w))
+
 
 def duet_advantage(
     token_level_rewards: torch.Tensor,

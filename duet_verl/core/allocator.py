@@ -27,11 +27,22 @@ not to the objective it states. This module solves the stated objective ``J``, s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Allocation", "allocate_rollouts", "check_allocation_options", "token_budget"]
+from duet_verl.core.rng import RolloutRandom, rollout_seed
+
+__all__ = [
+    "Allocation",
+    "allocate_rollouts",
+    "check_allocation_options",
+    "check_measurement_options",
+    "free_counts",
+    "measurement_floor",
+    "token_budget",
+]
 
 _MAX_BISECTION_STEPS = 200
 
@@ -79,6 +90,7 @@ def allocate_rollouts(
     n_max: int = 32,
     eps_pre: float = 0.05,
     cap_propensity: bool = True,
+    lower: np.ndarray | None = None,
 ) -> Allocation:
     """Allocate integer rollout counts under a token budget.
 
@@ -94,6 +106,8 @@ def allocate_rollouts(
             rollouts keep weight 1, so they count more than under uniform GRPO. With ``False`` the weight
             ``mean(n) / n`` also shrinks them and the weighted gradient is unbiased for the uniform-prompt
             objective (see ``tests/core/test_advantage_on_cpu.py``).
+        lower: optional per-prompt lower bounds (integers in ``[n_min, n_max]``) in place of ``n_min``, e.g. a
+            measurement floor (:func:`measurement_floor`). ``frac_at_min`` still counts ``n == n_min``.
 
     Returns:
         An :class:`Allocation` with ``spent <= budget``.
@@ -102,21 +116,22 @@ def allocate_rollouts(
         ValueError: on bad shapes, non-finite or negative inputs, or an infeasible budget.
     """
     s, lengths = _validate(scores, expected_lengths, budget, n_min, n_max, eps_pre)
+    low = _lower_bounds(lower, s.shape, n_min, n_max)
     rate = s / lengths  # gain per token of n -> n + 1 is rate**2 / (n (n + 1))
     if np.all(rate == rate[0]):
         rate = np.ones_like(rate)  # no information to tell prompts apart: every prompt alike
-    floor_spend = float(np.full(s.shape, float(n_min)) @ lengths)  # same arithmetic as the spend below
+    floor_spend = float(low @ lengths)  # same arithmetic as the spend below
     if floor_spend > budget:
         raise ValueError(
             f"budget={budget:.6g} tokens is below the floor n_min * sum(L) = {floor_spend:.6g}; "
-            "raise the budget fraction or lower n_min"
+            "raise the budget fraction or lower n_min (or the measurement floor)"
         )
     rate2 = rate * rate
 
     def counts(lam: float) -> np.ndarray:
         # largest n with n (n - 1) <= rate^2 / lam, i.e. every increment below n gains >= lam per token
         k = np.floor(0.5 + np.sqrt(0.25 + rate2 / lam))
-        return np.minimum(np.maximum(k, n_min), n_max)
+        return np.minimum(np.maximum(k, low), n_max)
 
     # Bracket: at lam_hi no increment above n_min is worth it; at lam_lo every positive-rate prompt is at n_max.
     positive = rate2 > 0
@@ -128,7 +143,7 @@ def allocate_rollouts(
     else:
         lam_lo, lam_hi, steps = _bisect_spend(counts, lengths, budget, lam_lo, lam_hi, _guess(rate, lengths, budget))
     n = _fill_by_marginal_gain(counts(lam_hi), rate2, lengths, budget, n_max)
-    n = _improve_by_exchange(n, rate2, lengths, budget, n_min, n_max)
+    n = _improve_by_exchange(n, rate2, lengths, budget, low, n_max)
     spent = float(n @ lengths)
     n_int = n.astype(np.int64)
     p_pre = np.clip(n / n.mean(), eps_pre, 1.0 if cap_propensity else None)
@@ -220,7 +235,7 @@ def _improve_by_exchange(
     rate2: np.ndarray,
     lengths: np.ndarray,
     budget: float,
-    n_min: int,
+    low: np.ndarray,
     n_max: int,
     max_moves: int = 32,
     candidates: int = 16,
@@ -241,7 +256,7 @@ def _improve_by_exchange(
         if up.size == 0:
             break
         gain = a[up] / (n[up] * (n[up] + 1))
-        loss = np.where(n > n_min, a / (n * np.maximum(n - 1, 1)), np.inf)
+        loss = np.where(n > low, a / (n * np.maximum(n - 1, 1)), np.inf)
         tol = 1e-13 * float(a @ (1.0 / n))
         if float(gain.max()) - float(loss.min()) <= tol:
             break  # no increment is worth more than the cheapest decrement
@@ -286,6 +301,57 @@ def _first_fit(costs: np.ndarray, left: float) -> np.ndarray:
             break
         start += int(rest[0])
     return taken
+
+
+def _lower_bounds(lower: np.ndarray | None, shape: tuple[int, ...], n_min: int, n_max: int) -> np.ndarray:
+    if lower is None:
+        return np.full(shape, float(n_min))
+    low = np.asarray(lower, dtype=np.float64)
+    if low.shape != shape or not np.all(np.isfinite(low)) or np.any(low != np.round(low)):
+        raise ValueError(f"lower must hold one integer per prompt {shape}, got shape {low.shape}")
+    if np.any(low < n_min) or np.any(low > n_max):
+        raise ValueError(f"lower bounds must lie in [n_min, n_max] = [{n_min}, {n_max}]")
+    return low
+
+
+def measurement_floor(
+    prompt_ids: Sequence[str], step: int, seed: int, n_min: int = 1, floor: int = 2, reprobe: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt lower bounds that keep every prompt measurable: ``floor`` rollouts (two are the fewest that give
+    a within-group baseline and a variance) with probability ``reprobe``, drawn per (seed, step, prompt) so runs
+    are reproducible, else ``n_min``. Returns ``(lower, drawn)``; ``reprobe=1`` draws nothing.
+
+    When the floor binds (the prompt would otherwise get fewer), its propensity is multiplied by ``reprobe``
+    (see ``DuetController.plan``), the importance weight that keeps its expected gradient unchanged."""
+    check_measurement_options(floor=floor, reprobe=reprobe)
+    m = len(prompt_ids)
+    if reprobe >= 1.0:
+        drawn = np.ones(m, dtype=bool)
+    else:
+        drawn = np.array(
+            [RolloutRandom(rollout_seed(seed, step, f"reprobe/{pid}")).uniform() < reprobe for pid in prompt_ids],
+            dtype=bool,
+        )
+    return np.where(drawn, float(max(floor, n_min)), float(n_min)), drawn
+
+
+def free_counts(
+    scores: np.ndarray, expected_lengths: np.ndarray, lam: float, n_min: int = 1, n_max: int = 32
+) -> np.ndarray:
+    """What the threshold rule would give each prompt at multiplier ``lam`` without per-prompt lower bounds
+    (to tell where a measurement floor binds)."""
+    rate = np.asarray(scores, dtype=np.float64) / np.asarray(expected_lengths, dtype=np.float64)
+    if np.all(rate == rate[0]):
+        rate = np.ones_like(rate)
+    k = np.floor(0.5 + np.sqrt(0.25 + rate * rate / lam)) if lam > 0 else np.full(rate.shape, float(n_max))
+    return np.minimum(np.maximum(k, n_min), n_max).astype(np.int64)
+
+
+def check_measurement_options(*, floor: int = 2, reprobe: float = 1.0) -> None:
+    """Raise ``ValueError`` (message starting with the parameter's name) unless the options are valid."""
+    _check_positive_int("floor", floor)
+    if not (isinstance(reprobe, int | float) and not isinstance(reprobe, bool) and 0.0 < reprobe <= 1.0):
+        raise ValueError(f"reprobe must be a probability in (0, 1], got {reprobe!r}")
 
 
 def _check_positive_int(name: str, value: int) -> None:

@@ -69,6 +69,17 @@ def test_from_mapping_partial_and_nested():
         ({"gates": {"k1_init": 0.8, "k2_init": 0.2}}, "duet.gates.k1_init"),
         ({"weights": {"aborted_baseline": "drop"}}, "duet.weights.aborted_baseline"),
         ({"weights": {"failure_score": float("nan")}}, "duet.weights.failure_score"),
+        ({"surrogate": {"signal": "vibes"}}, "duet.surrogate.signal"),
+        ({"surrogate": {"sigma_from": "both"}}, "duet.surrogate.sigma_from"),
+        ({"surrogate": {"pseudo_count": -1.0}}, "duet.surrogate.pseudo_count"),
+        ({"surrogate": {"decay": 0.0}}, "duet.surrogate.decay"),
+        ({"surrogate": {"decay": 1.5}}, "duet.surrogate.decay"),
+        ({"surrogate": {"prior_strength": 0.0}}, "duet.surrogate.prior_strength"),
+        ({"surrogate": {"length_scale": "yes"}}, "duet.surrogate.length_scale"),
+        ({"explore": {"floor": 0}}, "duet.explore.floor"),
+        ({"explore": {"reprobe": 0.0}}, "duet.explore.reprobe"),
+        ({"explore": {"reprobe": 1.5}}, "duet.explore.reprobe"),
+        ({"explore": {"bogus": 1}}, "duet.explore.bogus"),
     ],
 )
 def test_every_bad_value_names_its_key(data, key):
