@@ -9,9 +9,11 @@
 * ``signal="pass_rate"``: the posterior uncertainty of the prompt's pass rate. Rewards (clipped to [0, 1], an
   aborted rollout a failure) update a Beta posterior ``Beta(k m + S_q, k (1 - m) + F_q)`` whose prior is centred
   on the population's pass rate ``m`` with strength ``k = prior_strength``; successes and failures decay by
-  ``decay`` per observation. ``s_q = sqrt(E[p (1 - p)]) = sqrt(a b / ((a + b) (a + b + 1)))``, times ``L_q`` with
+  ``decay`` per observation. ``s_q = E[p (1 - p)] = a b / ((a + b) (a + b + 1))`` (the reward variance the
+  posterior expects; not its square root, which ranks the same but allocates too flatly), times ``L_q`` with
   ``length_scale`` (then the allocation ``n ∝ s / L`` no longer penalises long prompts). A single rollout updates
-  it, so no prompt's score ever reaches 0.
+  it, so no prompt's score ever reaches 0. Defaults (``prior_strength=0.5``, ``decay=0.8``) were chosen with
+  ``duet-verl simulate`` (README).
 * Cold prompts: ``s_q = max(sigma_min, ridge(features_q))``. The ridge is fitted **online** from
   (features, sigma_t) pairs as training goes, shrunk toward an optional prior (a JSON file with
   ``{"intercept": a0, "coef": [a1, ...], "sigma_min": ...}``). A missing feature (NaN) is replaced by
@@ -158,8 +160,8 @@ class PromptSurrogate:
         ridge_decay: float = 1.0,
         signal: str = "pass_rate",
         pseudo_count: float = 1.0,
-        decay: float = 0.5,
-        prior_strength: float = 2.0,
+        decay: float = 0.8,
+        prior_strength: float = 0.5,
         length_scale: bool = False,
     ):
         if not (default_length > 0 and math.isfinite(default_length)):
@@ -228,7 +230,7 @@ class PromptSurrogate:
             succ = np.array([0.0 if r is None else r[_SUCC] for r in records])
             fail = np.array([0.0 if r is None else r[_FAIL] for r in records])
             cold = (succ + fail) == 0
-            scores = np.sqrt(self._pass_rate_uncertainty(succ, fail))
+            scores = self._pass_rate_uncertainty(succ, fail)
             if self.length_scale:
                 scores = scores * lengths
             return SurrogatePrediction(scores=np.maximum(self.sigma_min, scores), lengths=lengths, cold=cold)
