@@ -11,7 +11,8 @@ then the solution, and it is computed in two vectorised stages:
    version is the stationarity ``n_q = s_q / (L_q sqrt(lam))`` of ``J``. The spend ``sum n_q(lam) L_q`` is a
    non-increasing step function; bisection on ``log lam`` finds the smallest ``lam`` whose spend fits ``B``.
 2. **Marginal-gain finish.** The budget left over is filled with the remaining increments in decreasing
-   gain-per-token order, skipping those that no longer fit (first fit), until none fits.
+   gain-per-token order, skipping those that no longer fit (first fit), until none fits; the same fill by
+   absolute gain is tried too (the knapsack's other greedy) and the better kept.
 3. **Exchange.** A short local search moves single rollouts from the cheapest decrements to the best
    increments while that lowers ``J`` within budget (the knapsack residue of unequal costs ``L_q``).
 
@@ -142,7 +143,10 @@ def allocate_rollouts(
         lam_hi = lam_lo
     else:
         lam_lo, lam_hi, steps = _bisect_spend(counts, lengths, budget, lam_lo, lam_hi, _guess(rate, lengths, budget))
-    n = _fill_by_marginal_gain(counts(lam_hi), rate2, lengths, budget, n_max)
+    start = counts(lam_hi)
+    # first fit by gain per token, and by absolute gain (the knapsack's other greedy): keep the better
+    fills = [_fill_by_marginal_gain(start, rate2, lengths, budget, n_max, per_token) for per_token in (True, False)]
+    n = min(fills, key=lambda k: float(rate2 * lengths @ (1.0 / k)))
     n = _improve_by_exchange(n, rate2, lengths, budget, low, n_max)
     spent = float(n @ lengths)
     n_int = n.astype(np.int64)
@@ -197,9 +201,16 @@ def _bisect_spend(
 
 
 def _fill_by_marginal_gain(
-    n: np.ndarray, rate2: np.ndarray, lengths: np.ndarray, budget: float, n_max: int, max_rounds: int = 64
+    n: np.ndarray,
+    rate2: np.ndarray,
+    lengths: np.ndarray,
+    budget: float,
+    n_max: int,
+    per_token: bool = True,
+    max_rounds: int = 64,
 ) -> np.ndarray:
-    """Spend what is left of the budget on the best increments per token (``rate2 / (n (n + 1))``), first fit.
+    """Spend what is left of the budget on the best increments, first fit: by gain per token
+    (``rate2 / (n (n + 1))``), or with ``per_token=False`` by absolute gain (that times ``L``).
 
     Each round offers every prompt's next increment, best first (ties by prompt index), and takes each one that
     still fits; rounds repeat while any increment was taken."""
@@ -210,6 +221,8 @@ def _fill_by_marginal_gain(
         if cand.size == 0:
             break
         gain = rate2[cand] / (n[cand] * (n[cand] + 1))
+        if not per_token:
+            gain = gain * lengths[cand]
         # at most left / min(L) of them can fit: order only the best that many (ties at the cut included)
         room = int(left / float(lengths[cand].min())) + 1
         if room < cand.size:
@@ -240,10 +253,10 @@ def _improve_by_exchange(
     max_moves: int = 32,
     candidates: int = 16,
 ) -> np.ndarray:
-    """Local search after the fill: move one rollout from prompt ``i`` to prompt ``j`` when the freed tokens plus
-    the unused budget pay for it and ``J`` drops; the best move among the ``candidates`` best increments, each
-    paired with the cheapest of the ``4 * candidates`` cheapest decrements (in ``J``) that frees enough tokens.
-    Repeats while it helps, then refills.
+    """Local search after the fill: give prompt ``j`` one more rollout, paid by the unused budget and one fewer
+    rollout elsewhere, when ``J`` drops; the best move among the ``candidates`` best increments, each paired with
+    the cheapest of the ``4 * candidates`` cheapest decrements (in ``J``) that frees enough tokens, or else with a
+    run of the cheapest decrements per token (:func:`_multi_donor_move`). Repeats while it helps, then refills.
 
     Gains and losses are in ``J`` units (``s^2 / L = rate2 * L``): ``gain_j = a_j / (n_j (n_j + 1))``,
     ``loss_i = a_i / (n_i (n_i - 1))``."""
@@ -273,16 +286,64 @@ def _improve_by_exchange(
         donor = donors[best]
         net = gain - pair_loss[np.arange(up.size), best]
         k = int(np.argmax(net))
-        if not net[k] > tol:
-            break
+        if net[k] > tol:
+            taken = donor[k : k + 1]
+        else:  # no single decrement pays: try several, cheapest per token first
+            k, taken = _multi_donor_move(n, a, lengths, low, up, gain, left, tol, 4 * candidates)
+            if taken is None:
+                break
         n[up[k]] += 1
-        n[donor[k]] -= 1
+        np.subtract.at(n, taken, 1)
         if float(n @ lengths) > budget:  # float rounding at the edge: undo and stop
             n[up[k]] -= 1
-            n[donor[k]] += 1
+            np.add.at(n, taken, 1)
             break
         moved = True
     return _fill_by_marginal_gain(n, rate2, lengths, budget, n_max) if moved else n
+
+
+def _multi_donor_move(
+    n: np.ndarray,
+    a: np.ndarray,
+    lengths: np.ndarray,
+    low: np.ndarray,
+    up: np.ndarray,
+    gain: np.ndarray,
+    left: float,
+    tol: float,
+    levels: int,
+    depth: int = 4,
+) -> tuple[int, np.ndarray | None]:
+    """The best move that pays for one increment ``up[k]`` with a prefix of the ``levels`` cheapest decrements per
+    token (up to ``depth`` from one prompt, in order). Returns ``(k, donor prompts)``, or ``(0, None)``."""
+    # the cheapest decrement levels lie among the prompts whose first decrement is cheapest (deeper ones cost more)
+    can = np.flatnonzero(n > low)
+    if can.size == 0:
+        return 0, None
+    if can.size > levels:
+        first = a[can] / (n[can] * (n[can] - 1) * lengths[can])
+        can = can[np.argpartition(first, levels - 1)[:levels]]
+    room = np.minimum(n[can] - low[can], depth).astype(np.int64)
+    src = np.repeat(can, room)
+    level = np.arange(src.size) - np.repeat(np.cumsum(room) - room, room)
+    before = n[src] - level
+    loss = a[src] / (before * (before - 1))
+    per_token = loss / lengths[src]
+    if src.size > levels:
+        keep = np.argpartition(per_token, levels - 1)[:levels]
+        src, level, loss, per_token = src[keep], level[keep], loss[keep], per_token[keep]
+    order = np.lexsort((level, src, per_token))
+    src, loss = src[order], loss[order]
+    freed, lost = np.cumsum(lengths[src]), np.cumsum(loss)
+    pos = np.searchsorted(freed, lengths[up] - left, side="left")
+    ok = pos < src.size
+    first_own = np.array([int(np.argmax(src == j)) if np.any(src == j) else src.size for j in up])
+    ok &= first_own > pos  # a prompt does not pay for itself
+    net = np.where(ok, gain - lost[np.minimum(pos, src.size - 1)], -np.inf)
+    k = int(np.argmax(net))
+    if not net[k] > tol:
+        return 0, None
+    return k, src[: pos[k] + 1]
 
 
 def _first_fit(costs: np.ndarray, left: float) -> np.ndarray:

@@ -200,7 +200,7 @@ class DuetController:
         predicted_by_id = dict(zip(planned.prompt_ids, planned.scores.tolist(), strict=True)) if planned else {}
         predicted = np.array([predicted_by_id.get(pid, np.nan) for pid in unique])
         self.surrogate.update(unique, sigma_arr, [kept_lengths[p] for p in unique], features=feats, rewards=rewards)
-        self.gates.observe(lengths[kept])
+        self.gates.observe(lengths, censored=~kept)
         gates_updated = self.gates.step()
         both = np.isfinite(sigma_arr) & np.isfinite(predicted)
         metrics = {**(planned.metrics() if planned else {}), **self._advantage_metrics}
@@ -220,12 +220,17 @@ class DuetController:
                 "duet/gates_updated": float(gates_updated),
                 "duet/tracked_prompts": float(len(self.surrogate)),
                 "duet/measured_prompt_fraction": float(np.isfinite(sigma_arr).mean()) if unique else 0.0,
+                "duet/gates_censored_fraction": self.gates.censored_fraction,
             }
         )
         for outcome in Outcome:
             if outcome is not Outcome.RUNNING:
                 rate = float(np.mean(outcomes == outcome.value)) if outcomes.size else 0.0
                 metrics[f"duet/rate_{outcome.value}"] = rate
+        eps_kept = outcomes == Outcome.EPS_KEPT.value
+        if obs.rewards is not None and eps_kept.any():
+            # ε-kept rollouts that still ended correct: what the abort at K2 + grace would have thrown away
+            metrics["duet/eps_kept_correct_fraction"] = float(np.mean(np.asarray(obs.rewards)[eps_kept] > 0))
         monitored = [r for r in obs.reports if r.monitored]
         if monitored:
             metrics["duet/monitor_ns_per_token"] = sum(r.monitor_ns for r in monitored) / max(lengths.sum(), 1.0)

@@ -190,6 +190,7 @@ class GateSettings:
     min_samples: int = _GATES["min_samples"]
     k1_floor: int = _GATES["k1_floor"]
     min_gap: int = _GATES["min_gap"]
+    censored: bool = _GATES["censored"]  # aborted lengths as right-censored (Kaplan–Meier); false: kept lengths only
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
