@@ -13,7 +13,8 @@ non-zero advantage and a small global transfer. Each prompt has a typical length
 length), a wrong one with the prompt's habit. Stop/abort is applied statistically with the controller's gates:
 a marker seen after ``K1`` may stop the rollout shortly after (confidence 0.7, skipped with ``eps_len``); with no
 marker by ``K2 + grace`` the rollout is aborted with probability ``1 - eps_abort`` (its answer lost), else
-ε-kept. Advantages use ``T = 1`` token rows (the reward column), so ``max_row_share`` is not meaningful here.
+ε-kept (``eps_kept_correct_fraction``: how many of those still ended correct). Advantages use
+``T = 1`` token rows (the reward column), so ``max_row_share`` is not meaningful here.
 
 Metrics per policy: ``gradient_rollout_fraction`` (rollouts in groups with a non-zero advantage), ``stuck_fraction``
 (learnable prompts — ``0 < p < 1`` at the epoch's start — that got fewer than 2 rollouts in an epoch, epochs 2
@@ -48,6 +49,7 @@ __all__ = ["OLD_SETTINGS", "SimConfig", "main", "parse_policy", "run_policy", "s
 OLD_SETTINGS: dict[str, Any] = {
     "surrogate": {"signal": "grad_trace", "sigma_from": "weighted", "pseudo_count": 0.0, "decay": 1.0},
     "explore": {"floor": 1},
+    "gates": {"censored": False},
 }
 
 
@@ -184,7 +186,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
         ctl = DuetController(settings, group_size=cfg.group_size, response_cap=cfg.cap)
     grpo_n = max(1, round(budget * cfg.group_size))
     totals = {"rollouts": 0.0, "gradient_rollouts": 0.0, "tokens": 0.0}
-    stuck, rhos, use, ess = [], [], [], []
+    stuck, rhos, use, ess, aborted, eps_correct = [], [], [], [], [], []
     step = 0
     for epoch in range(cfg.epochs):
         order = np.random.default_rng(cfg.seed + 100 + epoch).permutation(cfg.prompts)
@@ -232,6 +234,9 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
                     )
                 )
                 use.append(metrics["duet/tokens_vs_budget"])
+                aborted.append(metrics["duet/rate_aborted"])
+                if "duet/eps_kept_correct_fraction" in metrics:
+                    eps_correct.append(metrics["duet/eps_kept_correct_fraction"])
                 if metrics.get("duet/gradient_rows", 0.0) > 0:
                     ess.append(metrics["duet/ess_fraction"])
             else:
@@ -263,6 +268,9 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
         "score_spearman": float(np.mean(rhos)) if rhos else float("nan"),
         "budget_use": float(np.mean(use)) if use else float("nan"),
         "ess_fraction": float(np.mean(ess)) if ess else float("nan"),
+        "aborted_fraction": float(np.mean(aborted)) if aborted else float("nan"),
+        "eps_kept_correct_fraction": float(np.mean(eps_correct)) if eps_correct else float("nan"),
+        "k2_final": float(ctl.gates.k2) if ctl is not None else float("nan"),
         "rollouts": totals["rollouts"],
         "tokens": totals["tokens"],
         "final_pass_rate": float(pop.pass_rate()[pop.learnable()].mean()),
