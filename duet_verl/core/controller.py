@@ -202,7 +202,14 @@ class DuetController:
         self.surrogate.update(unique, sigma_arr, [kept_lengths[p] for p in unique], features=feats, rewards=rewards)
         self.gates.observe(lengths, censored=~kept)
         gates_updated = self.gates.step()
-        both = np.isfinite(sigma_arr) & np.isfinite(predicted)
+        observed = sigma_arr  # what the score predicts: sigma_t, or for pass_rate the group's reward variance
+        if self.settings.surrogate.signal == "pass_rate":
+            observed = np.array(
+                [float(np.var(np.clip(r, 0.0, 1.0))) if len(r) >= 2 else np.nan for r in rewards]
+                if rewards is not None
+                else np.full(len(unique), np.nan)
+            )
+        both = np.isfinite(observed) & np.isfinite(predicted)
         metrics = {**(planned.metrics() if planned else {}), **self._advantage_metrics}
         budget = metrics.get("duet/budget_tokens", float("nan"))
         metrics.update(
@@ -211,7 +218,7 @@ class DuetController:
                 "duet/tokens_vs_budget": float(lengths.sum()) / max(budget, 1.0),
                 "duet/rollouts": float(lengths.size),
                 "duet/score_mismatch": float(obs.score_mismatch),
-                "duet/surrogate_calibration": pearson(predicted[both], sigma_arr[both]),
+                "duet/surrogate_calibration": pearson(predicted[both], observed[both]),
                 "duet/observed_sigma_mean": (
                     float(np.nanmean(sigma_arr)) if np.isfinite(sigma_arr).any() else float("nan")
                 ),

@@ -5,7 +5,8 @@ that uses it (``allocate_rollouts``, ``StopRuleConfig``, ``GateEstimator``, ``Pr
 ``duet_advantage``, ``stop_thresholds``), and a value is checked by that same code; this module only relabels
 its error with the full config key (``duet.stop.eps_abort ...``), so a bad config fails in the driver within
 seconds, before Ray or any model starts. ``config/duet_trainer.yaml`` must equal ``DuetSettings()`` (a test checks
-it). Defaults are the paper's.
+it). Defaults are the paper's, except the learning-signal ones of issue 11 (the surrogate's signal, shrinkage
+and decay, the measurement floor, censored gates), chosen with ``duet-verl simulate`` (README).
 """
 
 from __future__ import annotations
@@ -72,8 +73,13 @@ class SurrogateSettings:
     advantages ``σ_t`` is computed from, ``unweighted`` (default) or ``weighted`` (the reference). ``pseudo_count``:
     pseudo-observations of the cold-start prediction that a warm ``grad_trace`` score is shrunk toward.
     ``decay``: weight of a prompt's older observations per new one (both signals). ``prior_strength``: pseudo-
-    rollouts of the pass-rate prior, centred on the population's pass rate. Defaults measured with
-    ``duet-verl simulate`` (README, "Choosing the surrogate's defaults").
+    rollouts of the pass-rate prior, centred on the population's pass rate.
+
+    Measured with ``duet-verl simulate`` (defaults, seed 0; README "Keeping every prompt measurable"): DUET@0.5's
+    gradient-rollout ratio vs GRPO@1.0 1.37, stuck fraction 0.000, Spearman(ŝ, p(1-p)) 0.65; ``prior_strength``
+    2 / 1 / 0.25 gave 1.15 / 1.29 / 1.42; ``decay`` 0.5 / 1.0 gave 1.37 / 1.37; ``length_scale`` 1.30;
+    ``grad_trace`` 1.34 (Spearman 0.72). The old settings (``grad_trace``, ``weighted``, no shrinkage or decay,
+    floor 1): 1.59 but 47 % of learnable prompts stuck each epoch.
     """
 
     sigma_min: float = _SURROGATE["sigma_min"]
@@ -124,7 +130,9 @@ class SurrogateSettings:
 class ExploreSettings:
     """Keeping every prompt measurable (issue 11): each prompt gets at least ``floor`` rollouts with probability
     ``reprobe`` (re-drawn every step; ``1`` = always), and a prompt the floor lifted by the draw gets the matching
-    importance weight ``1 / reprobe``. Defaults measured with ``duet-verl simulate``."""
+    importance weight ``1 / reprobe``. Measured with ``duet-verl simulate`` (seed 0): floor 2, ``reprobe=1``
+    leaves 0 % of learnable prompts stuck (ratio 1.37); ``reprobe`` 0.5 / 0.25 → 6.6 % / 8.6 % stuck (1.41 / 1.43);
+    no floor → 11 % (1.49)."""
 
     floor: int = _EXPLORE["floor"]
     reprobe: float = _EXPLORE["reprobe"]
