@@ -214,6 +214,7 @@ class WeightSettings:
     singleton: str = _WEIGHTS["singleton"]
     aborted_baseline: str = _WEIGHTS["aborted_baseline"]
     failure_score: float = _WEIGHTS["failure_score"]
+    row_share_cap: float = _WEIGHTS["row_share_cap"]  # largest share of Σ|w·A|·len one row may hold (1 = off)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""

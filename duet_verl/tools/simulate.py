@@ -13,8 +13,9 @@ non-zero advantage and a small global transfer. Each prompt has a typical length
 length), a wrong one with the prompt's habit. Stop/abort is applied statistically with the controller's gates:
 a marker seen after ``K1`` may stop the rollout shortly after (confidence 0.7, skipped with ``eps_len``); with no
 marker by ``K2 + grace`` the rollout is aborted with probability ``1 - eps_abort`` (its answer lost), else
-ε-kept (``eps_kept_correct_fraction``: how many of those still ended correct). Advantages use
-``T = 1`` token rows (the reward column), so ``max_row_share`` is not meaningful here.
+ε-kept (``eps_kept_correct_fraction``: how many of those still ended correct). Each row is one column whose
+mask value is the rollout's length, so ``max_row_share`` (the largest row's share of ``Σ|w·A|·len``, mean over
+steps) is the trainer's.
 
 Metrics per policy: ``gradient_rollout_fraction`` (rollouts in groups with a non-zero advantage), ``stuck_fraction``
 (learnable prompts — ``0 < p < 1`` at the epoch's start — that got fewer than 2 rollouts in an epoch, epochs 2
@@ -186,7 +187,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
         ctl = DuetController(settings, group_size=cfg.group_size, response_cap=cfg.cap)
     grpo_n = max(1, round(budget * cfg.group_size))
     totals = {"rollouts": 0.0, "gradient_rollouts": 0.0, "tokens": 0.0}
-    stuck, rhos, use, ess, aborted, eps_correct = [], [], [], [], [], []
+    stuck, rhos, use, ess, aborted, eps_correct, share = [], [], [], [], [], [], []
     step = 0
     for epoch in range(cfg.epochs):
         order = np.random.default_rng(cfg.seed + 100 + epoch).permutation(cfg.prompts)
@@ -209,8 +210,10 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
             np.maximum.at(most, idx, n)
             ro = _draw_rollouts(pop, idx, n, rng, ctl, cfg.cap)
             rows = ro.prompt.size
+            # one column per row: the reward, and a "mask" holding the row's length (its sum, which is all the
+            # advantage reads of it besides masking: the scalar advantages and weights are the trainer's)
             rewards = torch.as_tensor(ro.reward).view(-1, 1)
-            mask = torch.ones(rows, 1)
+            mask = torch.as_tensor(ro.length, dtype=torch.float64).view(-1, 1)
             gids = [f"q{i}" for i in ro.prompt]
             if ctl is not None:
                 reports = [RolloutReport(o, length=int(x)) for o, x in zip(ro.outcome, ro.length, strict=True)]
@@ -239,6 +242,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
                     eps_correct.append(metrics["duet/eps_kept_correct_fraction"])
                 if metrics.get("duet/gradient_rows", 0.0) > 0:
                     ess.append(metrics["duet/ess_fraction"])
+                    share.append(metrics["duet/max_row_share"])
             else:
                 adv = duet_advantage(rewards, mask, gids)
             carrying = adv.scalar_advantages.numpy() != 0
@@ -269,6 +273,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
         "budget_use": float(np.mean(use)) if use else float("nan"),
         "ess_fraction": float(np.mean(ess)) if ess else float("nan"),
         "aborted_fraction": float(np.mean(aborted)) if aborted else float("nan"),
+        "max_row_share": float(np.mean(share)) if share else float("nan"),
         "eps_kept_correct_fraction": float(np.mean(eps_correct)) if eps_correct else float("nan"),
         "k2_final": float(ctl.gates.k2) if ctl is not None else float("nan"),
         "rollouts": totals["rollouts"],
@@ -294,6 +299,8 @@ def simulate(cfg: SimConfig, out=sys.stderr) -> dict[str, Any]:
                 "score_spearman": _round(duet["score_spearman"]),
                 "budget_use": _round(duet["budget_use"]),
                 "ess_fraction": _round(duet["ess_fraction"]),
+                "max_row_share": _round(duet["max_row_share"]),
+                "eps_kept_correct_fraction": _round(duet["eps_kept_correct_fraction"]),
             }
         )
         if grpo is not None:

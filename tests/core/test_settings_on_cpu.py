@@ -80,6 +80,8 @@ def test_from_mapping_partial_and_nested():
         ({"explore": {"reprobe": 0.0}}, "duet.explore.reprobe"),
         ({"explore": {"reprobe": 1.5}}, "duet.explore.reprobe"),
         ({"explore": {"bogus": 1}}, "duet.explore.bogus"),
+        ({"weights": {"row_share_cap": 0.0}}, "duet.weights.row_share_cap"),
+        ({"gates": {"censored": "yes"}}, "duet.gates.censored"),
     ],
 )
 def test_every_bad_value_names_its_key(data, key):
