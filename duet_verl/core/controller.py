@@ -43,6 +43,7 @@ class StepPlan:
     thresholds: np.ndarray
     stop_rules: list[PromptStopRule | None]  # per prompt; None when stopping is disabled
     reprobed: np.ndarray | None = None  # bool (M,): the measurement floor bound and came from the re-probe draw
+    floor_dropped: bool = False  # the budget could not give every drawn prompt the measurement floor
 
     @property
     def n(self) -> np.ndarray:
@@ -72,6 +73,7 @@ class StepPlan:
             "duet/score_mean": float(self.scores.mean()),
             "duet/frac_n_ge_2": float(np.mean(n >= 2)),
             "duet/reprobed_fraction": float(self.reprobed.mean()) if self.reprobed is not None else 0.0,
+            "duet/floor_dropped": float(self.floor_dropped),
         }
 
 
@@ -120,7 +122,8 @@ class DuetController:
         budget = token_budget(pred.lengths, self.group_size, s.budget)
         floor = min(s.explore.floor, s.n_max)
         lower, drawn = measurement_floor(ids, int(step), s.seed, s.n_min, floor, s.explore.reprobe)
-        if float(lower @ pred.lengths) > budget:  # the budget cannot give every drawn prompt the floor
+        floor_dropped = float(lower @ pred.lengths) > budget
+        if floor_dropped:  # the budget cannot give every drawn prompt the floor (b * G below it): n_min
             lower = None
         alloc = allocate_rollouts(
             pred.scores, pred.lengths, budget, s.n_min, s.n_max, s.eps_pre, s.cap_propensity, lower=lower
@@ -140,7 +143,9 @@ class DuetController:
             rules = [stop.prompt_rule(self.gates.k1, self.gates.k2, float(t), s.seed, int(step)) for t in thresholds]
         if features is not None:
             self._features.update(zip(ids, np.asarray(features, dtype=np.float64), strict=True))
-        self.last_plan = StepPlan(step, ids, alloc, pred.scores, pred.lengths, pred.cold, thresholds, rules, reprobed)
+        self.last_plan = StepPlan(
+            step, ids, alloc, pred.scores, pred.lengths, pred.cold, thresholds, rules, reprobed, floor_dropped
+        )
         return self.last_plan
 
     def advantage(

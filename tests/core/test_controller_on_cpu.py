@@ -167,3 +167,9 @@ def test_sigma_from_unweighted_ignores_the_weight():
         sig[source] = ctl.plan(ids, step=2).scores
     np.testing.assert_allclose(sig["unweighted"], [1.0, 1.0])
     np.testing.assert_allclose(sig["weighted"], [10.5, 1.0])
+
+
+def test_floor_that_the_budget_cannot_pay_is_dropped_and_reported():
+    plan = controller(budget=0.125).plan([f"p{i}" for i in range(4)], step=1)  # b * G = 1 rollout per prompt
+    assert np.all(plan.n == 1) and plan.metrics()["duet/floor_dropped"] == 1.0
+    assert controller().plan(["a"], step=1).metrics()["duet/floor_dropped"] == 0.0
