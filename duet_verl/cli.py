@@ -1,4 +1,4 @@
-"""``duet-verl`` command line: ``quickstart``, ``report``, ``score-prompts`` and ``bench``."""
+"""``duet-verl`` command line: ``quickstart``, ``report``, ``score-prompts``, ``bench`` and ``simulate``."""
 
 from __future__ import annotations
 
@@ -47,13 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--vllm", action="store_true", help="also time DUET's rollouts against plain ones in the real vLLM engine"
     )
-    bench.add_argument("--model", default=None, help="--vllm: local model directory (default: a tiny random Qwen2)")
+    bench.add_argument("--model", default=None, help="--vllm: local model directory (default: random, --shape)")
     bench.add_argument("--requests", type=int, default=vllm_defaults.requests, help="--vllm: requests per batch")
     bench.add_argument("--max-tokens", type=int, default=vllm_defaults.max_tokens, help="--vllm: tokens per request")
     bench.add_argument("--rounds", type=int, default=vllm_defaults.rounds, help="--vllm: interleaved rounds (median)")
     bench.add_argument(
         "--shape", choices=tuple(SHAPES), default=vllm_defaults.shape, help="--vllm: random model shape (no --model)"
     )
+
+    from duet_verl.tools.simulate import SimConfig
+
+    sim_defaults = SimConfig()
+    sim = sub.add_parser(
+        "simulate",
+        help="run DUET's controller on a synthetic prompt population and compare policies; last line is JSON",
+    )
+    sim.add_argument("--prompts", type=int, default=sim_defaults.prompts, help="population size")
+    sim.add_argument("--batch", type=int, default=sim_defaults.batch, help="prompts per step")
+    sim.add_argument("--epochs", type=int, default=sim_defaults.epochs)
+    sim.add_argument("--group-size", type=int, default=sim_defaults.group_size, help="GRPO's rollouts per prompt G")
+    sim.add_argument("--cap", type=int, default=sim_defaults.cap, help="response length cap")
+    sim.add_argument("--seed", type=int, default=sim_defaults.seed)
+    sim.add_argument("--impossible", type=float, default=sim_defaults.impossible, help="share of prompts with p = 0")
+    sim.add_argument("--trivial", type=float, default=sim_defaults.trivial, help="share of prompts with p = 1")
+    sim.add_argument(
+        "--policies",
+        default=",".join(sim_defaults.policies),
+        help="comma-separated grpo@B, duet@B (default settings + --duet) or duet-old@B (settings before issue 11)",
+    )
+    sim.add_argument("--duet", default="{}", help="JSON overrides of the duet: section for the duet@B policies")
     return parser
 
 
@@ -72,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.vllm:
             vllm = VllmBenchConfig(args.model, args.requests, args.max_tokens, args.rounds, shape=args.shape)
         return bench_main(args.repeats, vllm)
+    if args.command == "simulate":
+        return _simulate(parser, args)
     if args.command == "quickstart":
         from duet_verl.demo.quickstart import QuickstartConfig, parse_policy, run_quickstart
 
@@ -111,6 +135,45 @@ def main(argv: list[str] | None = None) -> int:
         score_prompts(args.model, args.input, args.output, args.column, args.batch_size)
         return 0
     return 2
+
+
+def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import json
+
+    from duet_verl.core.settings import DuetSettings
+    from duet_verl.tools.simulate import SimConfig, parse_policy
+    from duet_verl.tools.simulate import main as simulate_main
+
+    try:
+        duet = json.loads(args.duet)
+        DuetSettings.from_mapping(duet).validate(args.group_size)
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        parser.error(f"--duet: {err}")
+    for name in ("prompts", "batch", "epochs", "group_size", "cap"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch > args.prompts:
+        parser.error("--batch must not exceed --prompts")
+    if not (0 <= args.impossible and 0 <= args.trivial and args.impossible + args.trivial < 1):
+        parser.error("--impossible and --trivial must be >= 0 and sum to less than 1")
+    cfg = SimConfig(
+        prompts=args.prompts,
+        batch=args.batch,
+        epochs=args.epochs,
+        group_size=args.group_size,
+        cap=args.cap,
+        seed=args.seed,
+        impossible=args.impossible,
+        trivial=args.trivial,
+        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
+        duet=duet,
+    )
+    try:
+        for policy in cfg.policies:
+            parse_policy(policy)
+    except ValueError as err:
+        parser.error(str(err))
+    return simulate_main(cfg)
 
 
 if __name__ == "__main__":

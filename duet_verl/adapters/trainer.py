@@ -227,6 +227,8 @@ class DuetPPOTrainerSync(PPOTrainerSync):
                     scalar_advantages=out.scalar_advantages[real].numpy(),
                     seq_logprob_sums=(step.padded("old_log_probs") * mask).sum(-1)[real].to(torch.float64).numpy(),
                     score_mismatch=int(mismatch[real].sum()),
+                    unweighted_advantages=out.unweighted_advantages[real].numpy(),
+                    rewards=out.scores[real].numpy(),
                 )
             )
         )

@@ -17,6 +17,9 @@ Rows are rollouts, shaped like verl's estimators: ``token_level_rewards`` and ``
 * Advantages and returns are ``w * A`` broadcast over the row's mask; aborted and padding rows get
   advantage 0 and mask 0 (the caller must zero every mask the loss reads: verl's ``response_mask`` *and*
   ``loss_mask``).
+* ``row_share_cap`` (default 1, off) bounds any single gradient-carrying row's share of ``Σ|w·A|·len``: the
+  weights of the rows above it are lowered (water-filling) until each holds at most that share — a bias traded
+  for a bounded influence of one ε-kept row; ``duet/capped_rows`` counts them.
 * Weight diagnostics (ESS, largest weight, the largest single row's share of ``Σ|w·A|·len``) are taken
   over the gradient-carrying rows only: rows with advantage 0 have no influence whatever their weight.
 """
@@ -41,6 +44,7 @@ __all__ = [
     "grpo_group_advantage",
     "importance_weights",
     "normalize_weights",
+    "row_share_cap_weights",
     "weight_diagnostics",
 ]
 
@@ -119,8 +123,11 @@ def check_weight_options(
     singleton: str = SINGLETON_RULES[0],
     aborted_baseline: str = ABORTED_BASELINE_RULES[0],
     failure_score: float = 0.0,
+    row_share_cap: float = 1.0,
 ) -> None:
     """Raise ``ValueError`` (message starting with the parameter's name) unless the given options are valid."""
+    if not (isinstance(row_share_cap, int | float) and not isinstance(row_share_cap, bool) and 0 < row_share_cap <= 1):
+        raise ValueError(f"row_share_cap must be in (0, 1], got {row_share_cap!r}")
     if not (isinstance(max_weight, int | float) and math.isfinite(max_weight) and max_weight >= 1.0):
         raise ValueError(f"max_weight must be a finite number >= 1, got {max_weight!r}")
     if singleton not in SINGLETON_RULES:
@@ -158,6 +165,12 @@ class WeightedAdvantage:
     weights: torch.Tensor  # (B,), 0 on invalid rows
     metrics: dict[str, float]
 
+    @property
+    def unweighted_advantages(self) -> torch.Tensor:
+        """(B,) the GRPO advantage before the importance weight (0 on invalid rows)."""
+        w = self.weights.to(torch.float64)
+        return torch.where(w > 0, self.scalar_advantages / torch.where(w > 0, w, 1.0), torch.zeros_like(w))
+
 
 def duet_advantage(
     token_level_rewards: torch.Tensor,
@@ -175,6 +188,7 @@ def duet_advantage(
     singleton: str = "zero",
     aborted_baseline: str = "failure",
     failure_score: float = 0.0,
+    row_share_cap: float = 1.0,
 ) -> WeightedAdvantage:
     """DUET's weighted, abort-masked GRPO advantage. Missing per-rollout fields default to the GRPO case.
 
@@ -185,7 +199,11 @@ def duet_advantage(
             f"{tuple(response_mask.shape)} must be the same (B, T) shape"
         )
     check_weight_options(
-        max_weight=max_weight, singleton=singleton, aborted_baseline=aborted_baseline, failure_score=failure_score
+        max_weight=max_weight,
+        singleton=singleton,
+        aborted_baseline=aborted_baseline,
+        failure_score=failure_score,
+        row_share_cap=row_share_cap,
     )
     size, device = token_level_rewards.shape[0], token_level_rewards.device
 
@@ -209,13 +227,48 @@ def duet_advantage(
     clamped = float((w[carrying] >= max_weight).to(torch.float64).mean()) if bool(carrying.any()) else 0.0
     if self_normalize:
         w = normalize_weights(w, carrying)
+    lengths = response_mask.to(torch.float64).sum(-1)
+    capped = 0
+    if row_share_cap < 1.0:
+        w, capped = row_share_cap_weights(w, adv, lengths, carrying, row_share_cap)
     scalar = w * adv
     new_mask = response_mask * valid.unsqueeze(-1).to(response_mask.dtype)
     token_adv = (scalar.unsqueeze(-1) * new_mask.to(torch.float64)).to(token_level_rewards.dtype)
-    metrics = weight_diagnostics(w, scalar, response_mask.to(torch.float64).sum(-1), carrying)
+    metrics = weight_diagnostics(w, scalar, lengths, carrying)
     metrics["clamped_fraction"] = clamped
+    metrics["capped_rows"] = float(capped)
     metrics["valid_fraction"] = float(valid.sum()) / size if size else 0.0
     return WeightedAdvantage(token_adv, token_adv.clone(), new_mask, scores, scalar, w, metrics)
+
+
+def row_share_cap_weights(
+    weights: torch.Tensor, adv: torch.Tensor, lengths: torch.Tensor, carrying: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, int]:
+    """Lower the weights of the gradient-carrying rows whose ``|w·A|·len`` exceeds ``cap`` of the total so that each
+    holds exactly ``cap`` of the new total (the others unchanged). With fewer than ``1 / cap`` rows every row ends
+    with an equal share. Returns the new weights and how many rows were lowered."""
+    w = weights.to(torch.float64).clone()
+    idx = torch.nonzero(carrying, as_tuple=False).view(-1)
+    if idx.numel() == 0:
+        return w, 0
+    mass = (w[idx] * adv[idx].to(torch.float64)).abs() * lengths[idx].to(torch.float64)
+    order = torch.argsort(mass, descending=True)
+    sorted_mass = mass[order]
+    cap = max(cap, 1.0 / idx.numel())
+    rest = float(sorted_mass.sum())
+    for k in range(idx.numel()):
+        # with the k largest capped, the total T solves T = rest_k + k * cap * T
+        total = rest / (1.0 - k * cap) if k * cap < 1.0 else float("inf")
+        if float(sorted_mass[k]) <= cap * total * (1 + 1e-12):
+            break
+        rest -= float(sorted_mass[k])
+    else:  # every row at the cap: equal shares
+        k, total, cap = idx.numel(), float(sorted_mass.sum()), 1.0 / idx.numel()
+    if k == 0:
+        return w, 0
+    top = idx[order[:k]]
+    w[top] = w[top] * (cap * total / mass[order[:k]])
+    return w.to(weights.dtype), k
 
 
 def weight_diagnostics(

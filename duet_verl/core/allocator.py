@@ -1,21 +1,49 @@
 """Cost-weighted Neyman allocation of rollouts per prompt under a shared token budget (SPEC §2).
 
-Minimise ``sum_q s_q**2 / (n_q * L_q)`` subject to ``sum_q n_q * L_q <= B`` with integer
-``n_q`` in ``[n_min, n_max]``. The stationarity condition gives ``n_q(lam) = s_q / sqrt(lam * L_q)``;
-after rounding and clipping, the spend ``Phi(lam) = sum_q n_q(lam) * L_q`` is a non-increasing step
-function of ``lam``. We search the *discrete* spend directly, in the scale ``c = 1 / sqrt(lam)``,
-for the largest ``c`` whose spend fits the budget (bisection on ``log c`` down to float precision),
-so the result is within budget by construction. Prompts that tie at the next breakpoint are then
-topped up greedily, best marginal variance reduction per token first, while the budget allows.
+Minimise ``J(n) = sum_q s_q**2 / (n_q * L_q)`` subject to ``sum_q n_q * L_q <= B`` with integer ``n_q`` in
+``[n_min, n_max]``: a separable convex integer problem. One more rollout for prompt ``q`` (``n -> n + 1``)
+lowers ``J`` by ``s_q**2 / (L_q * n (n + 1))`` at a cost of ``L_q`` tokens, a gain per token of
+``r_q**2 / (n (n + 1))`` with ``r_q = s_q / L_q``, decreasing in ``n``. Greedy by marginal gain per token is
+then the solution, and it is computed in two vectorised stages:
+
+1. **Threshold (λ) search.** For a multiplier ``lam`` (a gain per token), every increment worth at least ``lam``
+   is taken: ``n_q(lam)`` is the largest ``n`` with ``n (n - 1) <= r_q**2 / lam``, clipped. Its continuous
+   version is the stationarity ``n_q = s_q / (L_q sqrt(lam))`` of ``J``. The spend ``sum n_q(lam) L_q`` is a
+   non-increasing step function; bisection on ``log lam`` finds the smallest ``lam`` whose spend fits ``B``.
+2. **Marginal-gain finish.** The budget left over is filled with the remaining increments in decreasing
+   gain-per-token order, skipping those that no longer fit (first fit), until none fits; the same fill by
+   absolute gain is tried too (the knapsack's other greedy) and the better kept.
+3. **Exchange.** A short local search moves single rollouts from the cheapest decrements to the best
+   increments while that lowers ``J`` within budget (the knapsack residue of unequal costs ``L_q``).
+
+Stage 1 alone is the exact optimum at the budget it spends; stages 2–3 spend what the last breakpoint left,
+so the result is always within budget and in practice at the integer optimum. The objective is never worse
+than the reference rule's (rounded λ path + trim, SPEC §2): ``tests/core/test_allocator_on_cpu.py`` checks it on
+random batches of 64–512 prompts.
+
+Note: SPEC §2 writes the stationarity as ``n_q = s_q / sqrt(lam L_q)``, which belongs to ``sum s_q**2 / n_q``,
+not to the objective it states. This module solves the stated objective ``J``, so ``n_q`` scales as
+``s_q / L_q`` (the paper's path scales as ``s_q / sqrt(L_q)``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Allocation", "allocate_rollouts", "check_allocation_options", "token_budget"]
+from duet_verl.core.rng import RolloutRandom, rollout_seed
+
+__all__ = [
+    "Allocation",
+    "allocate_rollouts",
+    "check_allocation_options",
+    "check_measurement_options",
+    "free_counts",
+    "measurement_floor",
+    "token_budget",
+]
 
 _MAX_BISECTION_STEPS = 200
 
@@ -63,12 +91,13 @@ def allocate_rollouts(
     n_max: int = 32,
     eps_pre: float = 0.05,
     cap_propensity: bool = True,
+    lower: np.ndarray | None = None,
 ) -> Allocation:
     """Allocate integer rollout counts under a token budget.
 
     Args:
-        scores: surrogate ``s_q >= 0`` per prompt, shape (M,). A zero score gets ``n_min``; if all scores
-            (after dividing by ``sqrt(L)``) are equal, every prompt is treated alike.
+        scores: surrogate ``s_q >= 0`` per prompt, shape (M,). A zero score gets ``n_min``; if all rates
+            ``s_q / L_q`` are equal (all scores zero included), every prompt is treated alike (uniform ``n``).
         expected_lengths: expected tokens per rollout ``L_q > 0``, shape (M,).
         budget: token budget ``B``. Must be at least ``n_min * sum(L)`` (every prompt gets ``n_min``);
             a smaller budget is a configuration error (``budget_fraction * G < n_min``) and raises.
@@ -78,6 +107,8 @@ def allocate_rollouts(
             rollouts keep weight 1, so they count more than under uniform GRPO. With ``False`` the weight
             ``mean(n) / n`` also shrinks them and the weighted gradient is unbiased for the uniform-prompt
             objective (see ``tests/core/test_advantage_on_cpu.py``).
+        lower: optional per-prompt lower bounds (integers in ``[n_min, n_max]``) in place of ``n_min``, e.g. a
+            measurement floor (:func:`measurement_floor`). ``frac_at_min`` still counts ``n == n_min``.
 
     Returns:
         An :class:`Allocation` with ``spent <= budget``.
@@ -86,34 +117,41 @@ def allocate_rollouts(
         ValueError: on bad shapes, non-finite or negative inputs, or an infeasible budget.
     """
     s, lengths = _validate(scores, expected_lengths, budget, n_min, n_max, eps_pre)
-    rate = s / np.sqrt(lengths)  # n_q(c) = round(c * rate_q), clipped
+    low = _lower_bounds(lower, s.shape, n_min, n_max)
+    rate = s / lengths  # gain per token of n -> n + 1 is rate**2 / (n (n + 1))
     if np.all(rate == rate[0]):
-        rate = np.ones_like(rate)  # no information to tell prompts apart: uniform
-    floor_spend = float(np.full(s.shape, float(n_min)) @ lengths)  # same arithmetic as the spend below
+        rate = np.ones_like(rate)  # no information to tell prompts apart: every prompt alike
+    floor_spend = float(low @ lengths)  # same arithmetic as the spend below
     if floor_spend > budget:
         raise ValueError(
             f"budget={budget:.6g} tokens is below the floor n_min * sum(L) = {floor_spend:.6g}; "
-            "raise the budget fraction or lower n_min"
+            "raise the budget fraction or lower n_min (or the measurement floor)"
         )
+    rate2 = rate * rate
 
-    def counts(c: float) -> np.ndarray:
-        return np.minimum(np.maximum(np.rint(c * rate), n_min), n_max)
+    def counts(lam: float) -> np.ndarray:
+        # largest n with n (n - 1) <= rate^2 / lam, i.e. every increment below n gains >= lam per token
+        k = np.floor(0.5 + np.sqrt(0.25 + rate2 / lam))
+        return np.minimum(np.maximum(k, low), n_max)
 
-    # Bracket: at c_lo every prompt rounds to <= n_min, at c_hi every positive-rate prompt is at n_max.
-    positive = rate[rate > 0]
-    c_lo, c_hi = (n_min - 0.5) / positive.max(), (n_max + 0.5) / positive.min()
+    # Bracket: at lam_hi no increment above n_min is worth it; at lam_lo every positive-rate prompt is at n_max.
+    positive = rate2 > 0
+    lam_hi = float(rate2[positive].max()) / (n_min * (n_min + 1)) * (1.0 + 1e-9)
+    lam_lo = float(rate2[positive].min()) / (n_max * (n_max + 1)) * (1.0 - 1e-9)
     steps = 0
-    if float(counts(c_hi) @ lengths) <= budget:
-        c_lo = c_hi
+    if float(counts(lam_lo) @ lengths) <= budget:
+        lam_hi = lam_lo
     else:
-        c_lo, c_hi, steps = _bisect_spend(counts, lengths, budget, c_lo, c_hi)
-    n = counts(c_lo)
-    if c_hi > c_lo:
-        n = _top_up_ties(n, counts(c_hi), s, lengths, budget)
+        lam_lo, lam_hi, steps = _bisect_spend(counts, lengths, budget, lam_lo, lam_hi, _guess(rate, lengths, budget))
+    start = counts(lam_hi)
+    # first fit by gain per token, and by absolute gain (the knapsack's other greedy): keep the better
+    fills = [_fill_by_marginal_gain(start, rate2, lengths, budget, n_max, per_token) for per_token in (True, False)]
+    n = min(fills, key=lambda k: float(rate2 * lengths @ (1.0 / k)))
+    n = _improve_by_exchange(n, rate2, lengths, budget, low, n_max)
     spent = float(n @ lengths)
     n_int = n.astype(np.int64)
     p_pre = np.clip(n / n.mean(), eps_pre, 1.0 if cap_propensity else None)
-    lam = 1.0 / (c_lo * c_lo)
+    lam = float(lam_hi)
     return Allocation(
         n=n_int,
         p_pre=p_pre,
@@ -127,37 +165,254 @@ def allocate_rollouts(
     )
 
 
-def _bisect_spend(counts, lengths: np.ndarray, budget: float, c_lo: float, c_hi: float) -> tuple[float, float, int]:
-    """Shrink ``[c_lo, c_hi]`` keeping ``spend(c_lo) <= budget < spend(c_hi)`` until it is one float wide."""
+def _guess(rate: np.ndarray, lengths: np.ndarray, budget: float) -> float:
+    """The unclipped continuous optimum's multiplier: ``sum_q (rate_q / sqrt(lam)) L_q = B``."""
+    spend_at_one = float(rate @ lengths)
+    return (spend_at_one / budget) ** 2 if spend_at_one > 0 else 0.0
+
+
+def _bisect_spend(
+    counts, lengths: np.ndarray, budget: float, lo: float, hi: float, guess: float = 0.0
+) -> tuple[float, float, int]:
+    """Shrink ``[lo, hi]`` (in ``log lam``) keeping ``spend(hi) <= budget < spend(lo)`` until every prompt's count
+    differs by at most one between its ends (the marginal-gain finish does the rest exactly), or the bracket is
+    one float wide. The first two probes bracket ``guess`` (the unclipped optimum) by a factor of 2."""
     steps = 0
+    n_lo = counts(lo)
+    probes = [guess * 2.0, guess / 2.0]  # popped first, each used only if inside the bracket
     while steps < _MAX_BISECTION_STEPS:
-        mid = np.sqrt(c_lo * c_hi)
-        if not (c_lo < mid < c_hi):
+        mid = np.sqrt(lo * hi)
+        while probes:
+            probe = probes.pop()
+            if lo < probe < hi:
+                mid = probe
+                break
+        if not (lo < mid < hi):
             break
         steps += 1
-        if float(counts(mid) @ lengths) <= budget:
-            c_lo = mid
-        else:
-            c_hi = mid
-    return c_lo, c_hi, steps
+        n_mid = counts(mid)
+        if float(n_mid @ lengths) > budget:
+            lo, n_lo = mid, n_mid
+            continue
+        hi = mid
+        if np.all(n_lo - n_mid <= 1):
+            break
+    return lo, hi, steps
 
 
-def _top_up_ties(n: np.ndarray, n_next: np.ndarray, s: np.ndarray, lengths: np.ndarray, budget: float) -> np.ndarray:
-    """Give one more rollout to prompts that jump together at the next breakpoint, while the budget allows.
+def _fill_by_marginal_gain(
+    n: np.ndarray,
+    rate2: np.ndarray,
+    lengths: np.ndarray,
+    budget: float,
+    n_max: int,
+    per_token: bool = True,
+    max_rounds: int = 64,
+) -> np.ndarray:
+    """Spend what is left of the budget on the best increments, first fit: by gain per token
+    (``rate2 / (n (n + 1))``), or with ``per_token=False`` by absolute gain (that times ``L``).
 
-    Order: largest variance reduction per token ``s^2 / (L^2 n (n+1))`` first, ties by prompt index.
-    """
-    candidates = np.flatnonzero(n_next > n)
-    if candidates.size == 0:
-        return n
-    left = budget - float(n @ lengths)
-    gain = s[candidates] ** 2 / (lengths[candidates] ** 2 * n[candidates] * (n[candidates] + 1))
-    order = candidates[np.lexsort((candidates, -gain))]
-    fits = np.cumsum(lengths[order]) <= left
-    chosen = order[: int(np.argmin(fits)) if not fits.all() else order.size]
+    Each round offers every prompt's next increment, best first (ties by prompt index), and takes each one that
+    still fits; rounds repeat while any increment was taken."""
     n = n.copy()
-    n[chosen] += 1
+    left = budget - float(n @ lengths)
+    for _ in range(max_rounds):
+        cand = np.flatnonzero((n < n_max) & (lengths <= left) & (rate2 > 0))
+        if cand.size == 0:
+            break
+        gain = rate2[cand] / (n[cand] * (n[cand] + 1))
+        if not per_token:
+            gain = gain * lengths[cand]
+        # at most left / min(L) of them can fit: order only the best that many (ties at the cut included)
+        room = int(left / float(lengths[cand].min())) + 1
+        if room < cand.size:
+            cut = np.partition(-gain, room - 1)[room - 1]
+            keep = -gain <= cut
+            cand, gain = cand[keep], gain[keep]
+        order = cand[np.lexsort((cand, -gain))]
+        taken = order[_first_fit(lengths[order], left)]
+        if taken.size == 0:
+            break
+        n[taken] += 1
+        while taken.size and float(n @ lengths) > budget:  # float rounding of the running sum: give back the last
+            n[taken[-1]] -= 1
+            taken = taken[:-1]
+        if taken.size == 0:
+            break
+        left = budget - float(n @ lengths)
     return n
+
+
+def _improve_by_exchange(
+    n: np.ndarray,
+    rate2: np.ndarray,
+    lengths: np.ndarray,
+    budget: float,
+    low: np.ndarray,
+    n_max: int,
+    max_moves: int = 32,
+    candidates: int = 16,
+) -> np.ndarray:
+    """Local search after the fill: give prompt ``j`` one more rollout, paid by the unused budget and one fewer
+    rollout elsewhere, when ``J`` drops; the best move among the ``candidates`` best increments, each paired with
+    the cheapest of the ``4 * candidates`` cheapest decrements (in ``J``) that frees enough tokens, or else with a
+    run of the cheapest decrements per token (:func:`_multi_donor_move`). Repeats while it helps, then refills.
+
+    Gains and losses are in ``J`` units (``s^2 / L = rate2 * L``): ``gain_j = a_j / (n_j (n_j + 1))``,
+    ``loss_i = a_i / (n_i (n_i - 1))``."""
+    a = rate2 * lengths
+    n = n.copy()
+    moved = False
+    for _ in range(max_moves):
+        left = budget - float(n @ lengths)
+        up = np.flatnonzero((n < n_max) & (a > 0))
+        if up.size == 0:
+            break
+        gain = a[up] / (n[up] * (n[up] + 1))
+        loss = np.where(n > low, a / (n * np.maximum(n - 1, 1)), np.inf)
+        tol = 1e-13 * float(a @ (1.0 / n))
+        if float(gain.max()) - float(loss.min()) <= tol:
+            break  # no increment is worth more than the cheapest decrement
+        if up.size > candidates:
+            pick = np.argpartition(-gain, candidates - 1)[:candidates]
+            up, gain = up[pick], gain[pick]
+        donors = np.flatnonzero(np.isfinite(loss))
+        if donors.size > 4 * candidates:  # the cheapest decrements only
+            donors = donors[np.argpartition(loss[donors], 4 * candidates - 1)[: 4 * candidates]]
+        frees = lengths[donors][None, :] >= (lengths[up] - left)[:, None]
+        frees &= donors[None, :] != up[:, None]  # not from the same prompt
+        pair_loss = np.where(frees, loss[donors][None, :], np.inf)
+        best = np.argmin(pair_loss, axis=1)
+        donor = donors[best]
+        net = gain - pair_loss[np.arange(up.size), best]
+        k = int(np.argmax(net))
+        if net[k] > tol:
+            taken = donor[k : k + 1]
+        else:  # no single decrement pays: try several, cheapest per token first
+            k, taken = _multi_donor_move(n, a, lengths, low, up, gain, left, tol, 4 * candidates)
+            if taken is None:
+                break
+        n[up[k]] += 1
+        np.subtract.at(n, taken, 1)
+        if float(n @ lengths) > budget:  # float rounding at the edge: undo and stop
+            n[up[k]] -= 1
+            np.add.at(n, taken, 1)
+            break
+        moved = True
+    return _fill_by_marginal_gain(n, rate2, lengths, budget, n_max) if moved else n
+
+
+def _multi_donor_move(
+    n: np.ndarray,
+    a: np.ndarray,
+    lengths: np.ndarray,
+    low: np.ndarray,
+    up: np.ndarray,
+    gain: np.ndarray,
+    left: float,
+    tol: float,
+    levels: int,
+    depth: int = 4,
+) -> tuple[int, np.ndarray | None]:
+    """The best move that pays for one increment ``up[k]`` with a prefix of the ``levels`` cheapest decrements per
+    token (up to ``depth`` from one prompt, in order). Returns ``(k, donor prompts)``, or ``(0, None)``."""
+    # the cheapest decrement levels lie among the prompts whose first decrement is cheapest (deeper ones cost more)
+    can = np.flatnonzero(n > low)
+    if can.size == 0:
+        return 0, None
+    if can.size > levels:
+        first = a[can] / (n[can] * (n[can] - 1) * lengths[can])
+        can = can[np.argpartition(first, levels - 1)[:levels]]
+    room = np.minimum(n[can] - low[can], depth).astype(np.int64)
+    src = np.repeat(can, room)
+    level = np.arange(src.size) - np.repeat(np.cumsum(room) - room, room)
+    before = n[src] - level
+    loss = a[src] / (before * (before - 1))
+    per_token = loss / lengths[src]
+    if src.size > levels:
+        keep = np.argpartition(per_token, levels - 1)[:levels]
+        src, level, loss, per_token = src[keep], level[keep], loss[keep], per_token[keep]
+    order = np.lexsort((level, src, per_token))
+    src, loss = src[order], loss[order]
+    freed, lost = np.cumsum(lengths[src]), np.cumsum(loss)
+    pos = np.searchsorted(freed, lengths[up] - left, side="left")
+    ok = pos < src.size
+    first_own = np.array([int(np.argmax(src == j)) if np.any(src == j) else src.size for j in up])
+    ok &= first_own > pos  # a prompt does not pay for itself
+    net = np.where(ok, gain - lost[np.minimum(pos, src.size - 1)], -np.inf)
+    k = int(np.argmax(net))
+    if not net[k] > tol:
+        return 0, None
+    return k, src[: pos[k] + 1]
+
+
+def _first_fit(costs: np.ndarray, left: float) -> np.ndarray:
+    """Which items, offered in order, a first-fit pass takes within ``left`` (vectorised by runs that fit)."""
+    taken = np.zeros(costs.size, dtype=bool)
+    start = 0
+    while start < costs.size and left > 0:
+        fits = np.cumsum(costs[start:]) <= left
+        run = costs.size - start if fits.all() else int(np.argmin(fits))
+        taken[start : start + run] = True
+        left -= float(costs[start : start + run].sum())
+        start += run
+        # skip items that no longer fit
+        rest = np.flatnonzero(costs[start:] <= left)
+        if rest.size == 0:
+            break
+        start += int(rest[0])
+    return taken
+
+
+def _lower_bounds(lower: np.ndarray | None, shape: tuple[int, ...], n_min: int, n_max: int) -> np.ndarray:
+    if lower is None:
+        return np.full(shape, float(n_min))
+    low = np.asarray(lower, dtype=np.float64)
+    if low.shape != shape or not np.all(np.isfinite(low)) or np.any(low != np.round(low)):
+        raise ValueError(f"lower must hold one integer per prompt {shape}, got shape {low.shape}")
+    if np.any(low < n_min) or np.any(low > n_max):
+        raise ValueError(f"lower bounds must lie in [n_min, n_max] = [{n_min}, {n_max}]")
+    return low
+
+
+def measurement_floor(
+    prompt_ids: Sequence[str], step: int, seed: int, n_min: int = 1, floor: int = 2, reprobe: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt lower bounds that keep every prompt measurable: ``floor`` rollouts (two are the fewest that give
+    a within-group baseline and a variance) with probability ``reprobe``, drawn per (seed, step, prompt) so runs
+    are reproducible, else ``n_min``. Returns ``(lower, drawn)``; ``reprobe=1`` draws nothing.
+
+    When the floor binds (the prompt would otherwise get fewer), its propensity is multiplied by ``reprobe``
+    (see ``DuetController.plan``), the importance weight that keeps its expected gradient unchanged."""
+    check_measurement_options(floor=floor, reprobe=reprobe)
+    m = len(prompt_ids)
+    if reprobe >= 1.0:
+        drawn = np.ones(m, dtype=bool)
+    else:
+        drawn = np.array(
+            [RolloutRandom(rollout_seed(seed, step, f"reprobe/{pid}")).uniform() < reprobe for pid in prompt_ids],
+            dtype=bool,
+        )
+    return np.where(drawn, float(max(floor, n_min)), float(n_min)), drawn
+
+
+def free_counts(
+    scores: np.ndarray, expected_lengths: np.ndarray, lam: float, n_min: int = 1, n_max: int = 32
+) -> np.ndarray:
+    """What the threshold rule would give each prompt at multiplier ``lam`` without per-prompt lower bounds
+    (to tell where a measurement floor binds)."""
+    rate = np.asarray(scores, dtype=np.float64) / np.asarray(expected_lengths, dtype=np.float64)
+    if np.all(rate == rate[0]):
+        rate = np.ones_like(rate)
+    k = np.floor(0.5 + np.sqrt(0.25 + rate * rate / lam)) if lam > 0 else np.full(rate.shape, float(n_max))
+    return np.minimum(np.maximum(k, n_min), n_max).astype(np.int64)
+
+
+def check_measurement_options(*, floor: int = 2, reprobe: float = 1.0) -> None:
+    """Raise ``ValueError`` (message starting with the parameter's name) unless the options are valid."""
+    _check_positive_int("floor", floor)
+    if not (isinstance(reprobe, int | float) and not isinstance(reprobe, bool) and 0.0 < reprobe <= 1.0):
+        raise ValueError(f"reprobe must be a probability in (0, 1], got {reprobe!r}")
 
 
 def _check_positive_int(name: str, value: int) -> None:

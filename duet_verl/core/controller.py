@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from duet_verl.core.advantage import WeightedAdvantage, duet_advantage
-from duet_verl.core.allocator import Allocation, allocate_rollouts, token_budget
+from duet_verl.core.allocator import Allocation, allocate_rollouts, free_counts, measurement_floor, token_budget
 from duet_verl.core.gates import GateEstimator, stop_thresholds
 from duet_verl.core.monitor import Outcome
 from duet_verl.core.protocol import PromptStopRule, RolloutReport
 from duet_verl.core.settings import DuetSettings
-from duet_verl.core.surrogate import PromptSurrogate, group_signal_std, pearson
+from duet_verl.core.surrogate import PromptSurrogate, group_signal_std, pearson, signal_advantages
 
 __all__ = ["DuetController", "StepObservation", "StepPlan"]
 
@@ -42,6 +42,8 @@ class StepPlan:
     cold: np.ndarray
     thresholds: np.ndarray
     stop_rules: list[PromptStopRule | None]  # per prompt; None when stopping is disabled
+    reprobed: np.ndarray | None = None  # bool (M,): the measurement floor bound and came from the re-probe draw
+    floor_dropped: bool = False  # the budget could not give every drawn prompt the measurement floor
 
     @property
     def n(self) -> np.ndarray:
@@ -69,6 +71,9 @@ class StepPlan:
             "duet/frac_n_at_max": self.allocation.frac_at_max,
             "duet/cold_prompt_fraction": float(self.cold.mean()),
             "duet/score_mean": float(self.scores.mean()),
+            "duet/frac_n_ge_2": float(np.mean(n >= 2)),
+            "duet/reprobed_fraction": float(self.reprobed.mean()) if self.reprobed is not None else 0.0,
+            "duet/floor_dropped": float(self.floor_dropped),
         }
 
 
@@ -79,9 +84,11 @@ class StepObservation:
     prompt_ids: Sequence[str]
     response_lengths: np.ndarray  # generated tokens (an appended end-of-turn token not counted)
     reports: Sequence[RolloutReport]
-    scalar_advantages: np.ndarray  # weighted advantage per rollout (the signal sigma_t is computed from)
+    scalar_advantages: np.ndarray  # weighted advantage w * A per rollout
     seq_logprob_sums: np.ndarray  # sum_t log pi_old(y_t) per rollout
     score_mismatch: int = 0  # rollouts whose DUET score differed from the trainer's own sequence score
+    unweighted_advantages: np.ndarray | None = None  # A per rollout before the weight (sigma_t's default source)
+    rewards: np.ndarray | None = None  # each rollout's score (the pass-rate signal); aborted rows count as failures
 
 
 class DuetController:
@@ -113,7 +120,20 @@ class DuetController:
         pred = self.surrogate.predict(ids, features)
         s = self.settings
         budget = token_budget(pred.lengths, self.group_size, s.budget)
-        alloc = allocate_rollouts(pred.scores, pred.lengths, budget, s.n_min, s.n_max, s.eps_pre, s.cap_propensity)
+        floor = min(s.explore.floor, s.n_max)
+        lower, drawn = measurement_floor(ids, int(step), s.seed, s.n_min, floor, s.explore.reprobe)
+        floor_dropped = float(lower @ pred.lengths) > budget
+        if floor_dropped:  # the budget cannot give every drawn prompt the floor (b * G below it): n_min
+            lower = None
+        alloc = allocate_rollouts(
+            pred.scores, pred.lengths, budget, s.n_min, s.n_max, s.eps_pre, s.cap_propensity, lower=lower
+        )
+        reprobed = None
+        if lower is not None and s.explore.reprobe < 1.0:
+            free = free_counts(pred.scores, pred.lengths, alloc.lam, s.n_min, s.n_max)
+            reprobed = drawn & (free < floor) & (alloc.n >= floor)
+            p_pre = np.where(reprobed, alloc.p_pre * s.explore.reprobe, alloc.p_pre)
+            alloc = replace(alloc, p_pre=np.clip(p_pre, s.eps_pre, 1.0 if s.cap_propensity else None))
         stop = s.stop
         thresholds = stop_thresholds(
             pred.scores, pred.lengths, stop.threshold_mode, stop.threshold_low, stop.threshold_high
@@ -123,7 +143,9 @@ class DuetController:
             rules = [stop.prompt_rule(self.gates.k1, self.gates.k2, float(t), s.seed, int(step)) for t in thresholds]
         if features is not None:
             self._features.update(zip(ids, np.asarray(features, dtype=np.float64), strict=True))
-        self.last_plan = StepPlan(step, ids, alloc, pred.scores, pred.lengths, pred.cold, thresholds, rules)
+        self.last_plan = StepPlan(
+            step, ids, alloc, pred.scores, pred.lengths, pred.cold, thresholds, rules, reprobed, floor_dropped
+        )
         return self.last_plan
 
     def advantage(
@@ -161,21 +183,38 @@ class DuetController:
         lengths = np.asarray(obs.response_lengths, dtype=np.float64)
         outcomes = np.asarray([r.outcome.value for r in obs.reports], dtype=object)
         kept = outcomes != Outcome.ABORTED.value
-        sigmas = group_signal_std(obs.scalar_advantages, obs.seq_logprob_sums, ids, kept)
+        advantages = signal_advantages(
+            obs.scalar_advantages, obs.unweighted_advantages, self.settings.surrogate.sigma_from
+        )
+        sigmas = group_signal_std(advantages, obs.seq_logprob_sums, ids, kept)
         unique = list(dict.fromkeys(ids.tolist()))
         kept_lengths = {pid: [] for pid in unique}
         for pid, length in zip(ids[kept].tolist(), lengths[kept].tolist(), strict=True):
             kept_lengths[pid].append(length)
+        rewards = None
+        if obs.rewards is not None:
+            scored = np.where(kept, np.asarray(obs.rewards, dtype=np.float64), 0.0)  # aborted: a failure
+            by_prompt = {pid: [] for pid in unique}
+            for pid, r in zip(ids.tolist(), scored.tolist(), strict=True):
+                by_prompt[pid].append(r)
+            rewards = [by_prompt[p] for p in unique]
         missing = np.full(self.num_features, np.nan)
         feats = np.array([self._features.pop(pid, missing) for pid in unique], dtype=float)
         sigma_arr = np.array([sigmas.get(pid, np.nan) for pid in unique])
         planned = self.last_plan
         predicted_by_id = dict(zip(planned.prompt_ids, planned.scores.tolist(), strict=True)) if planned else {}
         predicted = np.array([predicted_by_id.get(pid, np.nan) for pid in unique])
-        self.surrogate.update(unique, sigma_arr, [kept_lengths[p] for p in unique], features=feats)
-        self.gates.observe(lengths[kept])
+        self.surrogate.update(unique, sigma_arr, [kept_lengths[p] for p in unique], features=feats, rewards=rewards)
+        self.gates.observe(lengths, censored=~kept)
         gates_updated = self.gates.step()
-        both = np.isfinite(sigma_arr) & np.isfinite(predicted)
+        observed = sigma_arr  # what the score predicts: sigma_t, or for pass_rate the group's reward variance
+        if self.settings.surrogate.signal == "pass_rate":
+            observed = np.array(
+                [float(np.var(np.clip(r, 0.0, 1.0))) if len(r) >= 2 else np.nan for r in rewards]
+                if rewards is not None
+                else np.full(len(unique), np.nan)
+            )
+        both = np.isfinite(observed) & np.isfinite(predicted)
         metrics = {**(planned.metrics() if planned else {}), **self._advantage_metrics}
         budget = metrics.get("duet/budget_tokens", float("nan"))
         metrics.update(
@@ -184,7 +223,7 @@ class DuetController:
                 "duet/tokens_vs_budget": float(lengths.sum()) / max(budget, 1.0),
                 "duet/rollouts": float(lengths.size),
                 "duet/score_mismatch": float(obs.score_mismatch),
-                "duet/surrogate_calibration": pearson(predicted[both], sigma_arr[both]),
+                "duet/surrogate_calibration": pearson(predicted[both], observed[both]),
                 "duet/observed_sigma_mean": (
                     float(np.nanmean(sigma_arr)) if np.isfinite(sigma_arr).any() else float("nan")
                 ),
@@ -192,12 +231,18 @@ class DuetController:
                 "duet/k2": float(self.gates.k2),
                 "duet/gates_updated": float(gates_updated),
                 "duet/tracked_prompts": float(len(self.surrogate)),
+                "duet/measured_prompt_fraction": float(np.isfinite(sigma_arr).mean()) if unique else 0.0,
+                "duet/gates_censored_fraction": self.gates.censored_fraction,
             }
         )
         for outcome in Outcome:
             if outcome is not Outcome.RUNNING:
                 rate = float(np.mean(outcomes == outcome.value)) if outcomes.size else 0.0
                 metrics[f"duet/rate_{outcome.value}"] = rate
+        eps_kept = outcomes == Outcome.EPS_KEPT.value
+        if obs.rewards is not None and eps_kept.any():
+            # ε-kept rollouts that still ended correct: what the abort at K2 + grace would have thrown away
+            metrics["duet/eps_kept_correct_fraction"] = float(np.mean(np.asarray(obs.rewards)[eps_kept] > 0))
         monitored = [r for r in obs.reports if r.monitored]
         if monitored:
             metrics["duet/monitor_ns_per_token"] = sum(r.monitor_ns for r in monitored) / max(lengths.sum(), 1.0)

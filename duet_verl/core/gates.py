@@ -7,15 +7,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["THRESHOLD_MODES", "GateEstimator", "check_threshold_options", "stop_thresholds"]
+__all__ = ["THRESHOLD_MODES", "GateEstimator", "censored_quantiles", "check_threshold_options", "stop_thresholds"]
 
 
 class GateEstimator:
-    """K1/K2 from percentiles of recent kept rollout lengths, refreshed every ``update_every`` steps.
+    """K1/K2 from percentiles of recent rollout lengths, refreshed every ``update_every`` steps.
 
     Starts at ``k1 = k1_init * cap`` and ``k2 = k2_init * cap``. Every ``update_every`` calls of
     :meth:`step`, once ``min_samples`` lengths are known, sets K1/K2 to the ``q1``/``q2`` quantiles of the
     window, with ``K1 >= k1_floor``, ``K2 >= K1 + min_gap`` and both ``<= cap``.
+
+    An aborted rollout's length is only a lower bound of the length it would have had (right-censored at the
+    abort). With ``censored=True`` (default) aborted lengths enter the window as censored and the quantiles are
+    Kaplan–Meier estimates (:func:`censored_quantiles`): the abort lottery is independent of the rollout, and the
+    ε-kept rollouts are exactly the uncensored sample beyond the abort point, so the estimate is consistent and
+    K2 no longer drifts down by forgetting the rollouts it aborted. ``censored=False`` is the reference's rule
+    (kept lengths only).
     """
 
     def __init__(
@@ -30,6 +37,7 @@ class GateEstimator:
         min_samples: int = 32,
         k1_floor: int = 32,
         min_gap: int = 50,
+        censored: bool = True,
     ):
         if not isinstance(cap, int) or cap < 1:
             raise ValueError(f"cap must be a positive integer, got {cap!r}")
@@ -46,17 +54,32 @@ class GateEstimator:
         for name, value in (("k1_floor", k1_floor), ("min_gap", min_gap)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        self.cap, self.q1, self.q2 = cap, q1, q2
+        if not isinstance(censored, bool):
+            raise ValueError(f"censored must be true or false, got {censored!r}")
+        self.cap, self.q1, self.q2, self.censored = cap, q1, q2, censored
         self.update_every, self.min_samples = update_every, min_samples
         self.k1_floor, self.min_gap = k1_floor, min_gap
         self.k1 = int(k1_init * cap)
         self.k2 = int(k2_init * cap)
         self._lengths: deque[int] = deque(maxlen=window)
+        self._cut: deque[bool] = deque(maxlen=window)  # censored (aborted) flags, aligned with _lengths
         self._steps = 0
 
-    def observe(self, kept_lengths) -> None:
-        """Record lengths of kept (not aborted) rollouts."""
-        self._lengths.extend(int(x) for x in np.asarray(kept_lengths).ravel())
+    def observe(self, lengths, censored=None) -> None:
+        """Record rollout lengths; ``censored`` flags the aborted ones (dropped unless ``self.censored``)."""
+        values = np.asarray(lengths).ravel()
+        flags = np.zeros(values.size, dtype=bool) if censored is None else np.asarray(censored, dtype=bool).ravel()
+        if flags.size != values.size:
+            raise ValueError("censored must flag every length")
+        if not self.censored:
+            values, flags = values[~flags], flags[~flags]
+        self._lengths.extend(int(x) for x in values)
+        self._cut.extend(bool(c) for c in flags)
+
+    @property
+    def censored_fraction(self) -> float:
+        """Share of censored (aborted) lengths in the window."""
+        return float(np.mean(self._cut)) if self._cut else 0.0
 
     def step(self) -> bool:
         """Call once per training step; returns True when the gates were re-estimated."""
@@ -64,20 +87,50 @@ class GateEstimator:
         if self._steps % self.update_every or len(self._lengths) < self.min_samples:
             return False
         lengths = np.fromiter(self._lengths, dtype=np.float64)
-        k1 = min(max(int(np.quantile(lengths, self.q1)), self.k1_floor), self.cap)
-        k2 = min(max(int(np.quantile(lengths, self.q2)), k1 + self.min_gap), self.cap)
+        cut = np.fromiter(self._cut, dtype=bool)
+        if cut.any():
+            q1, q2 = censored_quantiles(lengths, cut, (self.q1, self.q2))
+        else:
+            q1, q2 = np.quantile(lengths, self.q1), np.quantile(lengths, self.q2)
+        k1 = min(max(int(q1), self.k1_floor), self.cap)
+        k2 = min(max(int(q2), k1 + self.min_gap), self.cap)
         self.k1, self.k2 = k1, k2
         return True
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state."""
-        return {"k1": self.k1, "k2": self.k2, "steps": self._steps, "lengths": list(self._lengths)}
+        return {
+            "k1": self.k1,
+            "k2": self.k2,
+            "steps": self._steps,
+            "lengths": list(self._lengths),
+            "censored": list(self._cut),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self.k1, self.k2, self._steps = int(state["k1"]), int(state["k2"]), int(state["steps"])
         self._lengths.clear()
         self._lengths.extend(int(x) for x in state["lengths"])
+        self._cut.clear()
+        self._cut.extend(bool(c) for c in state.get("censored", [False] * len(state["lengths"])))
+
+
+def censored_quantiles(lengths: np.ndarray, censored: np.ndarray, qs) -> list[float]:
+    """Kaplan–Meier quantiles of right-censored lengths: for each ``q``, the smallest observed (uncensored) length
+    at which the estimated distribution function reaches ``q``; where it never does (the longest lengths are
+    censored), the largest length seen, a lower bound."""
+    x = np.asarray(lengths, dtype=np.float64).ravel()
+    cut = np.asarray(censored, dtype=bool).ravel()
+    order = np.lexsort((cut, x))  # by length, events before censorings at a tie
+    x, event = x[order], ~cut[order]
+    at_risk = x.size - np.arange(x.size)
+    cdf = 1.0 - np.cumprod(np.where(event, 1.0 - 1.0 / at_risk, 1.0))
+    out = []
+    for q in qs:
+        hit = np.flatnonzero(event & (cdf >= q - 1e-12))
+        out.append(float(x[hit[0]]) if hit.size else float(x[-1]))
+    return out
 
 
 def _rank01(values: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ that uses it (``allocate_rollouts``, ``StopRuleConfig``, ``GateEstimator``, ``Pr
 ``duet_advantage``, ``stop_thresholds``), and a value is checked by that same code; this module only relabels
 its error with the full config key (``duet.stop.eps_abort ...``), so a bad config fails in the driver within
 seconds, before Ray or any model starts. ``config/duet_trainer.yaml`` must equal ``DuetSettings()`` (a test checks
-it). Defaults are the paper's.
+it). Defaults are the paper's, except the learning-signal ones of issue 11 (the surrogate's signal, shrinkage
+and decay, the measurement floor, censored gates), chosen with ``duet-verl simulate`` (README).
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from duet_verl.core.advantage import check_weight_options, duet_advantage
-from duet_verl.core.allocator import allocate_rollouts, check_allocation_options
+from duet_verl.core.allocator import (
+    allocate_rollouts,
+    check_allocation_options,
+    check_measurement_options,
+    measurement_floor,
+)
 from duet_verl.core.gates import GateEstimator, check_threshold_options, stop_thresholds
 from duet_verl.core.markers import MarkerSpec
 from duet_verl.core.monitor import StopRuleConfig
 from duet_verl.core.protocol import PromptStopRule
-from duet_verl.core.surrogate import PromptSurrogate
+from duet_verl.core.surrogate import PromptSurrogate, check_sigma_source, signal_advantages
 
-__all__ = ["DuetSettings", "GateSettings", "StopSettings", "SurrogateSettings", "WeightSettings"]
+__all__ = ["DuetSettings", "ExploreSettings", "GateSettings", "StopSettings", "SurrogateSettings", "WeightSettings"]
 
 
 def _defaults(target: Callable) -> dict[str, Any]:
@@ -54,11 +60,27 @@ _THRESHOLDS = _defaults(stop_thresholds)
 _GATES = _defaults(GateEstimator)
 _SURROGATE = _defaults(PromptSurrogate)
 _WEIGHTS = _defaults(duet_advantage)
+_EXPLORE = _defaults(measurement_floor)
+_SIGMA_FROM = _defaults(signal_advantages)["sigma_from"]
 
 
 @dataclass(frozen=True)
 class SurrogateSettings:
-    """Surrogate of prompt informativeness (SPEC §1)."""
+    """Surrogate of prompt informativeness (SPEC §1, with the learning-signal fixes of issue 11).
+
+    ``signal``: ``pass_rate`` (default; the Beta-posterior uncertainty ``E[p(1-p)]`` of the prompt's pass rate,
+    optionally times ``L̂`` with ``length_scale``) or ``grad_trace`` (the paper's ``σ_t``). ``sigma_from``: the
+    advantages ``σ_t`` is computed from, ``unweighted`` (default) or ``weighted`` (the reference). ``pseudo_count``:
+    pseudo-observations of the cold-start prediction that a warm ``grad_trace`` score is shrunk toward.
+    ``decay``: weight of a prompt's older observations per new one (both signals). ``prior_strength``: pseudo-
+    rollouts of the pass-rate prior, centred on the population's pass rate.
+
+    Measured with ``duet-verl simulate`` (defaults, seed 0; README "Keeping every prompt measurable"): DUET@0.5's
+    gradient-rollout ratio vs GRPO@1.0 1.37, stuck fraction 0.000, Spearman(ŝ, p(1-p)) 0.65; ``prior_strength``
+    2 / 1 / 0.25 gave 1.15 / 1.29 / 1.42; ``decay`` 0.5 / 1.0 gave 1.37 / 1.37; ``length_scale`` 1.30;
+    ``grad_trace`` 1.34 (Spearman 0.72). The old settings (``grad_trace``, ``weighted``, no shrinkage or decay,
+    floor 1): 1.59 but 47 % of learnable prompts stuck each epoch.
+    """
 
     sigma_min: float = _SURROGATE["sigma_min"]
     k_warmup: int = _SURROGATE["k_warmup"]
@@ -68,10 +90,28 @@ class SurrogateSettings:
     ridge_decay: float = _SURROGATE["ridge_decay"]
     ridge_file: str | None = None  # JSON prior; its own sigma_min, when present, takes precedence
     feature_key: str = "duet_prompt_logprob"  # the dataset column written by `duet-verl score-prompts`
+    signal: str = _SURROGATE["signal"]
+    sigma_from: str = _SIGMA_FROM
+    pseudo_count: float = _SURROGATE["pseudo_count"]
+    decay: float = _SURROGATE["decay"]
+    prior_strength: float = _SURROGATE["prior_strength"]
+    length_scale: bool = _SURROGATE["length_scale"]
 
     def surrogate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~duet_verl.core.surrogate.PromptSurrogate`."""
-        names = ("sigma_min", "k_warmup", "max_prompts", "length_window", "ridge_l2", "ridge_decay")
+        names = (
+            "sigma_min",
+            "k_warmup",
+            "max_prompts",
+            "length_window",
+            "ridge_l2",
+            "ridge_decay",
+            "signal",
+            "pseudo_count",
+            "decay",
+            "prior_strength",
+            "length_scale",
+        )
         return {name: getattr(self, name) for name in names}
 
     def validate(self) -> None:
@@ -79,10 +119,27 @@ class SurrogateSettings:
         _relabel(
             "surrogate.",
             lambda: PromptSurrogate(default_length=1.0, **self.surrogate_kwargs()),
-            {"l2": "ridge_l2", "decay": "ridge_decay"},
+            {"l2": "ridge_l2"},
         )
+        _relabel("surrogate.", lambda: check_sigma_source(self.sigma_from))
         if not (isinstance(self.feature_key, str) and self.feature_key):
             raise ValueError(f"duet.surrogate.feature_key must be a non-empty column name, got {self.feature_key!r}")
+
+
+@dataclass(frozen=True)
+class ExploreSettings:
+    """Keeping every prompt measurable (issue 11): each prompt gets at least ``floor`` rollouts with probability
+    ``reprobe`` (re-drawn every step; ``1`` = always), and a prompt the floor lifted by the draw gets the matching
+    importance weight ``1 / reprobe``. Measured with ``duet-verl simulate`` (seed 0): floor 2, ``reprobe=1``
+    leaves 0 % of learnable prompts stuck (ratio 1.37); ``reprobe`` 0.5 / 0.25 → 6.6 % / 8.6 % stuck (1.41 / 1.43);
+    no floor → 11 % (1.49)."""
+
+    floor: int = _EXPLORE["floor"]
+    reprobe: float = _EXPLORE["reprobe"]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad key."""
+        _relabel("explore.", lambda: check_measurement_options(floor=self.floor, reprobe=self.reprobe))
 
 
 @dataclass(frozen=True)
@@ -141,6 +198,7 @@ class GateSettings:
     min_samples: int = _GATES["min_samples"]
     k1_floor: int = _GATES["k1_floor"]
     min_gap: int = _GATES["min_gap"]
+    censored: bool = _GATES["censored"]  # aborted lengths as right-censored (Kaplan–Meier); false: kept lengths only
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
@@ -156,6 +214,7 @@ class WeightSettings:
     singleton: str = _WEIGHTS["singleton"]
     aborted_baseline: str = _WEIGHTS["aborted_baseline"]
     failure_score: float = _WEIGHTS["failure_score"]
+    row_share_cap: float = _WEIGHTS["row_share_cap"]  # largest share of Σ|w·A|·len one row may hold (1 = off)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
@@ -175,6 +234,7 @@ class DuetSettings:
     cap_propensity: bool = _ALLOCATION["cap_propensity"]
     seed: int = 0
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
+    explore: ExploreSettings = field(default_factory=ExploreSettings)
     stop: StopSettings = field(default_factory=StopSettings)
     gates: GateSettings = field(default_factory=GateSettings)
     weights: WeightSettings = field(default_factory=WeightSettings)
@@ -194,7 +254,7 @@ class DuetSettings:
         )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"duet.seed must be an integer, got {self.seed!r}")
-        for part in (self.surrogate, self.stop, self.gates, self.weights):
+        for part in (self.surrogate, self.explore, self.stop, self.gates, self.weights):
             part.validate()
         return self
 

@@ -213,3 +213,25 @@ def test_capped_propensity_over_counts_prompts_above_mean_allocation():
     assert n.max() > n.mean()
     se = est.std(ddof=1) / np.sqrt(est.size)
     assert abs(est.mean() - truth) > 5 * se  # documented: the paper's cap trades unbiasedness for priority
+
+
+def test_row_share_cap_bounds_one_rows_influence():
+    from duet_verl.core.advantage import row_share_cap_weights
+
+    # two groups of two: an eps-kept winner (weight 20) and three ordinary rows, all of length 10
+    rewards = torch.zeros(4, 10)
+    rewards[0, -1] = 1.0
+    rewards[2, -1] = 1.0
+    mask = torch.ones(4, 10)
+    kept = torch.tensor([True, False, False, False])
+    free = duet_advantage(rewards, mask, ["a", "a", "b", "b"], eps_kept=kept)
+    assert free.metrics["max_row_share"] > 0.8 and free.metrics["capped_rows"] == 0.0
+    capped = duet_advantage(rewards, mask, ["a", "a", "b", "b"], eps_kept=kept, row_share_cap=0.4)
+    assert capped.metrics["max_row_share"] == pytest.approx(0.4)
+    assert capped.metrics["capped_rows"] == 1.0
+    torch.testing.assert_close(capped.weights[1:], free.weights[1:])  # the others keep their weights
+    # fewer rows than 1 / cap: equal shares
+    w, k = row_share_cap_weights(
+        torch.tensor([5.0, 1.0]), torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]), torch.tensor([True, True]), 0.1
+    )
+    assert k >= 1 and float(w[0]) == pytest.approx(float(w[1]))

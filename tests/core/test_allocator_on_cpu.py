@@ -50,16 +50,16 @@ def test_closed_form_neyman_optimum_without_clipping():
     alloc = allocate_rollouts(scores, lengths, token_budget(lengths, 5, 1.0))  # B = 20 * 100
     np.testing.assert_array_equal(alloc.n, [2, 4, 6, 8])
     assert alloc.spent == alloc.budget and alloc.budget_error == 0.0
-    # lambda*: n = s / sqrt(lambda L)  =>  lambda = s^2 / (n^2 L) = 1/400 for every prompt
-    assert alloc.lam == pytest.approx(1 / 400, rel=0.2)
+    # lambda* (gain per token at the margin): n = s / (L sqrt(lambda))  =>  lambda = s^2 / (n^2 L^2) = 1/40000
+    assert alloc.lam == pytest.approx(1 / 40000, rel=0.2)
 
 
-def test_cost_weighting_uses_sqrt_length():
-    # equal scores, lengths 100 and 400: n ratio sqrt(400/100) = 2
+def test_cost_weighting_of_the_stated_objective():
+    # objective sum s^2 / (n L): the optimum is n proportional to s / L; equal scores, lengths 100 and 400 -> 4:1
     scores = np.array([1.0, 1.0])
     lengths = np.array([100.0, 400.0])
-    alloc = allocate_rollouts(scores, lengths, budget=8 * 100 + 4 * 400)
-    np.testing.assert_array_equal(alloc.n, [8, 4])
+    alloc = allocate_rollouts(scores, lengths, budget=12 * 100 + 3 * 400)
+    np.testing.assert_array_equal(alloc.n, [12, 3])
 
 
 def test_all_equal_scores_and_lengths_is_uniform():
@@ -156,3 +156,62 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
 def test_token_budget_validates(group, fraction, match):
     with pytest.raises(ValueError, match=match):
         token_budget(np.ones(3), group, fraction)
+
+
+def reference_allocation(scores, lengths, budget, n_min=1, n_max=32):
+    """The reference rule of SPEC §2, as the baseline: ``n(lam) = clip(round(s / sqrt(lam L)))``, 10 bisection
+    steps on ``log lam`` in [-20, 20], then decrement the longest prompt above ``n_min`` until within budget."""
+
+    def counts(lam):
+        return np.clip(np.rint(scores / np.sqrt(lam * lengths)), n_min, n_max)
+
+    lo, hi = -20.0, 20.0
+    for _ in range(10):
+        mid = 0.5 * (lo + hi)
+        if counts(np.exp(mid)) @ lengths > budget:
+            lo = mid
+        else:
+            hi = mid
+    n = counts(np.exp(0.5 * (lo + hi)))
+    for i in np.argsort(-lengths, kind="stable"):
+        while n @ lengths > budget and n[i] > n_min:
+            n[i] -= 1
+    return n
+
+
+def objective(scores, lengths, n):
+    return float(np.sum(scores**2 / (n * lengths)))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    m=st.integers(64, 512),
+    fraction=st.floats(0.15, 1.0),
+    group=st.sampled_from([4, 8, 16]),
+    n_max=st.sampled_from([8, 16, 32]),
+)
+def test_objective_never_worse_than_the_reference_rule(seed, m, fraction, group, n_max):
+    scores, lengths = _batch(seed, m)
+    budget = token_budget(lengths, group, fraction)
+    if budget < lengths.sum() * (1 + 1e-9):  # infeasible (or exactly the floor): refused, tested above
+        return
+    ours = allocate_rollouts(scores, lengths, budget, n_max=n_max)
+    ref = reference_allocation(scores, lengths, budget, n_max=n_max)
+    assert ref @ lengths <= budget and ours.spent <= budget
+    assert objective(scores, lengths, ours.n) <= objective(scores, lengths, ref) * (1 + 1e-12)
+
+
+def test_marginal_gain_finish_is_a_local_optimum():
+    """No single move of one rollout (add one that fits, or swap one for another within budget) improves it."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        scores, lengths = _batch(int(rng.integers(1 << 30)), 80)
+        budget = token_budget(lengths, 8, 0.5)
+        alloc = allocate_rollouts(scores, lengths, budget)
+        n, base, left = alloc.n.astype(float), objective(scores, lengths, alloc.n), budget - alloc.spent
+        for j in np.flatnonzero((n < 32) & (scores > 0)):
+            k = n.copy()
+            k[j] += 1
+            if lengths[j] <= left:
+                assert objective(scores, lengths, k) >= base * (1 - 1e-9)

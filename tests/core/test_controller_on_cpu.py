@@ -54,7 +54,7 @@ def _observe(ctl, ids, n_each, sigma_by_prompt, rng, length=100):
 
 def test_learning_shifts_rollouts_to_informative_prompts():
     rng = np.random.default_rng(0)
-    ctl = controller()
+    ctl = controller(surrogate={"signal": "grad_trace"})
     ids = [f"p{i}" for i in range(8)]
     sigma = {pid: (5.0 if i < 2 else 0.01) for i, pid in enumerate(ids)}
     ctl.plan(ids, step=1)
@@ -102,14 +102,74 @@ def test_state_round_trip_continues_identically():
 
 def test_resume_restores_learned_state_and_keeps_the_current_settings():
     rng = np.random.default_rng(2)
-    a = controller(surrogate={"k_warmup": 1})
+    a = controller(surrogate={"k_warmup": 1, "signal": "grad_trace"})
     ids = [f"p{i}" for i in range(4)]
     a.plan(ids, 1)
     _observe(a, ids, 4, {p: 1.0 for p in ids}, rng)
-    b = controller(surrogate={"k_warmup": 3, "sigma_min": 0.5})
+    b = controller(surrogate={"k_warmup": 3, "sigma_min": 0.5, "signal": "grad_trace"})
     changed = b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     assert changed == {"k_warmup": (1, 3), "sigma_min": (0.001, 0.5)}
     assert b.surrogate.k_warmup == 3 and b.surrogate.sigma_min == 0.5  # the current config wins
     assert b.surrogate.observations("p0") == 1  # the learned state came back
     assert b.plan(ids, 2).cold.all()  # one observation < k_warmup=3: still cold under the new setting
     assert not a.plan(ids, 2).cold.any()
+
+
+OLD = {"surrogate": {"signal": "grad_trace", "sigma_from": "weighted", "pseudo_count": 0.0, "decay": 1.0}}
+
+
+def test_measurement_floor_keeps_zero_variance_prompts_measured():
+    rng = np.random.default_rng(3)
+    ids = [f"p{i}" for i in range(8)]
+    sigma = {pid: (0.0 if i < 4 else 1.0) for i, pid in enumerate(ids)}
+    old = controller(**OLD, explore={"floor": 1})
+    new = controller()
+    for ctl in (old, new):
+        ctl.plan(ids, step=1)
+        _observe(ctl, ids, 4, sigma, rng)
+    assert np.all(old.plan(ids, step=2).n[:4] == 1)  # the trap: one rollout, no sigma ever again
+    assert np.all(new.plan(ids, step=2).n >= 2)
+
+
+def test_reprobe_draw_is_reproducible_and_weighted():
+    ids = [f"p{i}" for i in range(200)]
+    ctl = controller(**OLD, explore={"floor": 2, "reprobe": 0.25})
+    ctl.plan(ids, step=1)
+    rng = np.random.default_rng(4)
+    _observe(ctl, ids, 4, {pid: (0.0 if i % 2 else 1.0) for i, pid in enumerate(ids)}, rng)
+    plan = ctl.plan(ids, step=2)
+    again = controller(**OLD, explore={"floor": 2, "reprobe": 0.25})
+    again.load_state_dict(ctl.state_dict())
+    np.testing.assert_array_equal(again.plan(ids, step=2).n, plan.n)
+    lifted = plan.reprobed
+    assert 0.05 < lifted.mean() < 0.25  # about a quarter of the zero-sigma half
+    np.testing.assert_array_equal(plan.n[lifted], 2)
+    expected = np.clip(2 / plan.n.mean() * 0.25, 0.05, 1.0)
+    np.testing.assert_allclose(plan.p_pre[lifted], expected)
+    assert plan.metrics()["duet/reprobed_fraction"] == pytest.approx(lifted.mean())
+
+
+def test_sigma_from_unweighted_ignores_the_weight():
+    ids = ["a", "b"]
+    obs = StepObservation(
+        ["a", "a", "b", "b"],
+        np.full(4, 10),
+        reports("natural_eos", "eps_kept", "natural_eos", "natural_eos"),
+        scalar_advantages=np.array([-1.0, 20.0, -1.0, 1.0]),  # the eps-kept row weighted 20x
+        seq_logprob_sums=np.ones(4),
+        unweighted_advantages=np.array([-1.0, 1.0, -1.0, 1.0]),
+    )
+    sig = {}
+    for source in ("unweighted", "weighted"):
+        ctl = controller(surrogate={"signal": "grad_trace", "sigma_from": source, "pseudo_count": 0.0})
+        ctl.plan(ids, step=1)
+        ctl.observe(obs)
+        sig[source] = ctl.plan(ids, step=2).scores
+    np.testing.assert_allclose(sig["unweighted"], [1.0, 1.0])
+    np.testing.assert_allclose(sig["weighted"], [10.5, 1.0])
+
+
+def test_floor_that_the_budget_cannot_pay_is_dropped_and_reported():
+    plan = controller(budget=0.125).plan([f"p{i}" for i in range(4)], step=1)  # b * G = 1 rollout per prompt
+    assert np.all(plan.n == 1) and plan.metrics()["duet/floor_dropped"] == 1.0
+    assert controller().plan(["a"], step=1).metrics()["duet/floor_dropped"] == 0.0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from duet_verl.core.gates import GateEstimator, stop_thresholds
+from duet_verl.core.gates import GateEstimator, censored_quantiles, stop_thresholds
 
 
 def test_initial_gates_and_update_cadence():
@@ -89,3 +89,38 @@ def test_degenerate_batches_get_the_midpoint():
 def test_threshold_bad_args(args, match):
     with pytest.raises(ValueError, match=match):
         stop_thresholds(*args)
+
+
+def test_censored_quantiles_are_kaplan_meier():
+    x = np.arange(1, 11, dtype=float)
+    # no censoring: the empirical (step) quantile
+    assert censored_quantiles(x, np.zeros(10, bool), (0.3, 0.8)) == [3.0, 8.0]
+    # 7..10 censored at 7: nothing is known above 7 except that those rollouts were longer -> lower bound
+    cut = x >= 7
+    assert censored_quantiles(np.minimum(x, 7), cut, (0.3, 0.8)) == [3.0, 7.0]
+    # one censoring in the middle moves later events up: S drops by 1/at_risk after it
+    lengths, cut = np.array([1.0, 2.0, 3.0, 4.0]), np.array([False, True, False, False])
+    assert censored_quantiles(lengths, cut, (0.5, 0.6, 0.7)) == [3.0, 3.0, 4.0]  # F = .25, .25, .625, 1
+
+
+def test_censored_gates_do_not_drift_down_under_aborts():
+    """Lengths ~ U(100, 1000); each refresh aborts (with probability 0.95) what runs past K2 + grace."""
+    rng = np.random.default_rng(0)
+    k2 = {}
+    for censored in (True, False):
+        gates = GateEstimator(cap=1000, update_every=1, min_samples=32, window=2000, censored=censored)
+        for _ in range(30):
+            lengths = rng.uniform(100, 1000, 400)
+            deadline = gates.k2 + 150
+            aborted = (lengths > deadline) & (rng.random(400) > 0.05)
+            gates.observe(np.where(aborted, deadline, lengths), censored=aborted)
+            gates.step()
+        k2[censored] = gates.k2
+    assert abs(k2[True] - 820) < 40  # the true 80th percentile is 820
+    assert k2[False] < k2[True] - 60  # kept lengths only: biased down (a fixed point just above K2 + grace's pull)
+
+
+def test_old_gate_state_without_flags_loads():
+    gates = GateEstimator(cap=500)
+    gates.load_state_dict({"k1": 10, "k2": 80, "steps": 3, "lengths": [1, 2, 3]})
+    assert gates.state_dict()["censored"] == [False] * 3

@@ -6,6 +6,9 @@ import pytest
 
 from duet_verl.core.surrogate import OnlineRidge, PromptSurrogate, group_signal_std, pearson
 
+# the reference's grad_trace surrogate: a plain running mean of sigma_t, no shrinkage, no forgetting
+REFERENCE = {"signal": "grad_trace", "pseudo_count": 0.0, "decay": 1.0}
+
 
 def test_ridge_recovers_linear_relation_and_shrinks_to_prior_without_data():
     ridge = OnlineRidge(num_features=1, l2=1e-6, prior=[0.5, 0.0])
@@ -27,7 +30,7 @@ def test_ridge_strong_prior_dominates_few_points_and_ignores_nan_rows():
 
 
 def test_cold_warm_and_lengths():
-    sur = PromptSurrogate(default_length=3072, sigma_min=0.01, k_warmup=2, ridge_prior=[0.3, 0.0])
+    sur = PromptSurrogate(default_length=3072, sigma_min=0.01, k_warmup=2, ridge_prior=[0.3, 0.0], **REFERENCE)
     pred = sur.predict(["a", "b"])
     np.testing.assert_allclose(pred.scores, [0.3, 0.3])
     np.testing.assert_allclose(pred.lengths, [3072, 3072])
@@ -49,7 +52,7 @@ def test_cold_warm_and_lengths():
 
 
 def test_sigma_floor_and_nan_sigma_is_not_an_observation():
-    sur = PromptSurrogate(default_length=100, sigma_min=0.5, k_warmup=1)
+    sur = PromptSurrogate(default_length=100, sigma_min=0.5, k_warmup=1, **REFERENCE)
     sur.update(["p"], np.array([np.nan]), [[10]])
     assert sur.observations("p") == 0
     sur.update(["p"], np.array([0.1]), [[10]])
@@ -58,7 +61,7 @@ def test_sigma_floor_and_nan_sigma_is_not_an_observation():
 
 def test_online_ridge_learns_cold_start_from_features():
     rng = np.random.default_rng(1)
-    sur = PromptSurrogate(default_length=100, sigma_min=0.0, k_warmup=1, ridge_l2=1e-3)
+    sur = PromptSurrogate(default_length=100, sigma_min=0.0, k_warmup=1, ridge_l2=1e-3, **REFERENCE)
     for step in range(20):
         ids = [f"train-{step}-{i}" for i in range(32)]
         f = rng.uniform(-3, 0, size=(32, 1))
@@ -110,7 +113,7 @@ def test_state_dict_round_trips_exactly_through_json():
 def test_ridge_file(tmp_path):
     path = tmp_path / "ridge.json"
     path.write_text(json.dumps({"intercept": 0.2, "coef": [-0.1], "sigma_min": 0.05}))
-    sur = PromptSurrogate.from_ridge_file(path, default_length=100)
+    sur = PromptSurrogate.from_ridge_file(path, default_length=100, signal="grad_trace")
     assert sur.sigma_min == 0.05
     assert sur.predict(["x"], np.array([[-4.0]])).scores[0] == pytest.approx(0.6)
     path.write_text(json.dumps({"coef": [1]}))
@@ -153,3 +156,43 @@ def test_bad_arguments(kw, match):
 def test_pearson():
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert math.isnan(pearson([1, 1], [1, 2]))
+
+
+def test_pass_rate_signal_follows_the_posterior_and_never_reaches_zero():
+    sur = PromptSurrogate(default_length=100, signal="pass_rate", decay=1.0, prior_strength=2.0, sigma_min=0.0)
+    ids = ["mixed", "solved", "single"]
+    sur.update(ids, np.full(3, np.nan), [[10] * 8, [10] * 8, [10]], rewards=[[1, 0] * 4, [1] * 8, [0]])
+    pred = sur.predict(ids + ["new"])
+    assert pred.cold.tolist() == [False, False, False, True]
+    assert pred.scores[0] > pred.scores[3] > pred.scores[1] > 0  # uncertain > unseen > solved, never 0
+    # E[p(1-p)] of the Beta posterior; the prior is centred on the population: 12 of 17 rollouts passed
+    centre = (12 + 0.5) / (17 + 1)
+    a, b = 2 * centre + 4, 2 * (1 - centre) + 4
+    assert pred.scores[0] == pytest.approx(a * b / ((a + b) * (a + b + 1)))
+    assert sur.pass_rate(["mixed"])[0] == pytest.approx(a / (a + b))
+    scaled = PromptSurrogate(default_length=100, decay=1.0, prior_strength=2.0, sigma_min=0.0, length_scale=True)
+    scaled.load_state_dict(sur.state_dict())
+    np.testing.assert_allclose(scaled.predict(ids).scores, sur.predict(ids).scores * 10.0)
+
+
+def test_decay_and_shrinkage_free_a_zero_sigma():
+    ref = PromptSurrogate(default_length=100, sigma_min=0.0, ridge_prior=[1.0, 0.0], **REFERENCE)
+    new = PromptSurrogate(default_length=100, sigma_min=0.0, ridge_prior=[1.0, 0.0], signal="grad_trace")
+    for sur in (ref, new):
+        sur.update(["p"], np.array([0.0]), [[10]])
+    assert ref.predict(["p"]).scores[0] == 0.0  # the zero-variance trap
+    assert new.predict(["p"]).scores[0] == pytest.approx(new.pseudo_count / (new.pseudo_count + 1))
+    new.update(["p"], np.array([2.0]), [[10]])  # decayed: the newer observation weighs more
+    d, k = new.decay, new.pseudo_count
+    assert new.predict(["p"]).scores[0] == pytest.approx((k * 1.0 + 2.0) / (k + 1 + d))
+
+
+def test_old_checkpoint_records_are_upgraded():
+    sur = PromptSurrogate(default_length=100, **REFERENCE)
+    sur.update(["p"], np.array([3.0]), [[10]])
+    state = sur.state_dict()
+    state["prompts"] = [[pid, rec[:5]] for pid, rec in state["prompts"]]
+    del state["pass"]
+    clone = PromptSurrogate(default_length=100, **REFERENCE)
+    clone.load_state_dict(state)
+    assert clone.predict(["p"]).scores[0] == pytest.approx(3.0)
