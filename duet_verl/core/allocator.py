@@ -1,14 +1,24 @@
 """Cost-weighted Neyman allocation of rollouts per prompt under a shared token budget (SPEC §2).
 
-Minimise ``J(n) = sum_q s_q**2 / (n_q * L_q)`` subject to ``sum_q n_q * L_q <= B`` with integer ``n_q`` in
-``[n_min, n_max]``: a separable convex integer problem. One more rollout for prompt ``q`` (``n -> n + 1``)
-lowers ``J`` by ``s_q**2 / (L_q * n (n + 1))`` at a cost of ``L_q`` tokens, a gain per token of
-``r_q**2 / (n (n + 1))`` with ``r_q = s_q / L_q``, decreasing in ``n``. Greedy by marginal gain per token is
-then the solution, and it is computed in two vectorised stages:
+Minimise ``J(n) = sum_q a_q / n_q`` subject to ``sum_q n_q * L_q <= B`` with integer ``n_q`` in ``[n_min, n_max]``,
+a separable convex integer problem, where ``a_q`` depends on ``length_cost``:
+
+* ``"sqrt"`` (default, the paper's rule and the DUET reference's): ``a_q = s_q**2``, i.e. the variance
+  ``sum_q s_q**2 / n_q`` of the batch's summed per-prompt gradient estimates (``s_q`` is a per-rollout std) at a
+  token cost ``L_q`` per rollout; the stationarity is SPEC §2's ``n_q = s_q / sqrt(lam L_q)``.
+* ``"linear"``: ``a_q = s_q**2 / L_q``, SPEC §2's objective as literally written (``sum s_q**2 / (n_q L_q)``), whose
+  stationarity is ``n_q = s_q / (L_q sqrt(lam))``: long prompts get fewer rollouts than under the paper's rule.
+  (SPEC §2 states this objective but the ``sqrt`` stationarity; the two disagree, and the paper's numbers come
+  from the ``sqrt`` rule.)
+
+One more rollout for prompt ``q`` (``n -> n + 1``) lowers ``J`` by ``a_q / (n (n + 1))`` at a cost of ``L_q``
+tokens, a gain per token of ``r_q**2 / (n (n + 1))`` with ``r_q**2 = a_q / L_q`` (``r_q = s_q / sqrt(L_q)`` or
+``s_q / L_q``), decreasing in ``n``. Greedy by marginal gain per token is then the solution, computed in vectorised
+stages:
 
 1. **Threshold (λ) search.** For a multiplier ``lam`` (a gain per token), every increment worth at least ``lam``
    is taken: ``n_q(lam)`` is the largest ``n`` with ``n (n - 1) <= r_q**2 / lam``, clipped. Its continuous
-   version is the stationarity ``n_q = s_q / (L_q sqrt(lam))`` of ``J``. The spend ``sum n_q(lam) L_q`` is a
+   version is the stationarity ``n_q = r_q / sqrt(lam)`` of ``J``. The spend ``sum n_q(lam) L_q`` is a
    non-increasing step function; bisection on ``log lam`` finds the smallest ``lam`` whose spend fits ``B``.
 2. **Marginal-gain finish.** The budget left over is filled with the remaining increments in decreasing
    gain-per-token order, skipping those that no longer fit (first fit), until none fits; the same fill by
@@ -17,13 +27,9 @@ then the solution, and it is computed in two vectorised stages:
    increments while that lowers ``J`` within budget (the knapsack residue of unequal costs ``L_q``).
 
 Stage 1 alone is the exact optimum at the budget it spends; stages 2–3 spend what the last breakpoint left,
-so the result is always within budget and in practice at the integer optimum. The objective is never worse
-than the reference rule's (rounded λ path + trim, SPEC §2): ``tests/core/test_allocator_on_cpu.py`` checks it on
-random batches of 64–512 prompts.
-
-Note: SPEC §2 writes the stationarity as ``n_q = s_q / sqrt(lam L_q)``, which belongs to ``sum s_q**2 / n_q``,
-not to the objective it states. This module solves the stated objective ``J``, so ``n_q`` scales as
-``s_q / L_q`` (the paper's path scales as ``s_q / sqrt(L_q)``).
+so the result is always within budget and in practice at the integer optimum. ``tests/core/test_allocator_on_cpu.py``
+checks on random batches of 64–512 prompts that the objective is never worse than the reference rule's (rounded
+λ path + trim, SPEC §2), under either objective.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import numpy as np
 from duet_verl.core.rng import RolloutRandom, rollout_seed
 
 __all__ = [
+    "LENGTH_COSTS",
     "Allocation",
     "allocate_rollouts",
     "check_allocation_options",
@@ -45,6 +52,7 @@ __all__ = [
     "token_budget",
 ]
 
+LENGTH_COSTS = ("sqrt", "linear")
 _MAX_BISECTION_STEPS = 200
 
 
@@ -92,12 +100,13 @@ def allocate_rollouts(
     eps_pre: float = 0.05,
     cap_propensity: bool = True,
     lower: np.ndarray | None = None,
+    length_cost: str = "sqrt",
 ) -> Allocation:
     """Allocate integer rollout counts under a token budget.
 
     Args:
         scores: surrogate ``s_q >= 0`` per prompt, shape (M,). A zero score gets ``n_min``; if all rates
-            ``s_q / L_q`` are equal (all scores zero included), every prompt is treated alike (uniform ``n``).
+            ``r_q`` are equal (all scores zero included), every prompt is treated alike (uniform ``n``).
         expected_lengths: expected tokens per rollout ``L_q > 0``, shape (M,).
         budget: token budget ``B``. Must be at least ``n_min * sum(L)`` (every prompt gets ``n_min``);
             a smaller budget is a configuration error (``budget_fraction * G < n_min``) and raises.
@@ -109,6 +118,7 @@ def allocate_rollouts(
             objective (see ``tests/core/test_advantage_on_cpu.py``).
         lower: optional per-prompt lower bounds (integers in ``[n_min, n_max]``) in place of ``n_min``, e.g. a
             measurement floor (:func:`measurement_floor`). ``frac_at_min`` still counts ``n == n_min``.
+        length_cost: ``"sqrt"`` (the paper's ``n ∝ s / sqrt(L)``) or ``"linear"`` (``n ∝ s / L``); see the module.
 
     Returns:
         An :class:`Allocation` with ``spent <= budget``.
@@ -118,9 +128,7 @@ def allocate_rollouts(
     """
     s, lengths = _validate(scores, expected_lengths, budget, n_min, n_max, eps_pre)
     low = _lower_bounds(lower, s.shape, n_min, n_max)
-    rate = s / lengths  # gain per token of n -> n + 1 is rate**2 / (n (n + 1))
-    if np.all(rate == rate[0]):
-        rate = np.ones_like(rate)  # no information to tell prompts apart: every prompt alike
+    rate = _rates(s, lengths, length_cost)  # gain per token of n -> n + 1 is rate**2 / (n (n + 1))
     floor_spend = float(low @ lengths)  # same arithmetic as the spend below
     if floor_spend > budget:
         raise ValueError(
@@ -144,10 +152,18 @@ def allocate_rollouts(
     else:
         lam_lo, lam_hi, steps = _bisect_spend(counts, lengths, budget, lam_lo, lam_hi, _guess(rate, lengths, budget))
     start = counts(lam_hi)
+
+    def objective(k: np.ndarray) -> float:
+        return float(rate2 * lengths @ (1.0 / k))
+
     # first fit by gain per token, and by absolute gain (the knapsack's other greedy): keep the better
     fills = [_fill_by_marginal_gain(start, rate2, lengths, budget, n_max, per_token) for per_token in (True, False)]
-    n = min(fills, key=lambda k: float(rate2 * lengths @ (1.0 / k)))
-    n = _improve_by_exchange(n, rate2, lengths, budget, low, n_max)
+    n = _improve_by_exchange(min(fills, key=objective), rate2, lengths, budget, low, n_max)
+    # the reference rule's own answer, improved the same way, as a second start: a knapsack corner that single
+    # exchanges cannot leave (about 1 batch in 3,000) is then never worse than the reference rule
+    rounded = _fill_by_marginal_gain(_rounded_path_start(s, lengths, budget, low, n_max), rate2, lengths, budget, n_max)
+    if float(rounded @ lengths) <= budget:
+        n = min((n, _improve_by_exchange(rounded, rate2, lengths, budget, low, n_max)), key=objective)
     spent = float(n @ lengths)
     n_int = n.astype(np.int64)
     p_pre = np.clip(n / n.mean(), eps_pre, 1.0 if cap_propensity else None)
@@ -163,6 +179,35 @@ def allocate_rollouts(
         frac_at_max=float(np.mean(n_int == n_max)),
         bisection_steps=steps,
     )
+
+
+def _rounded_path_start(
+    scores: np.ndarray, lengths: np.ndarray, budget: float, low: np.ndarray, n_max: int
+) -> np.ndarray:
+    """SPEC §2's reference rule: ``n = clip(round(s / sqrt(lam L)))`` after 10 bisection steps on ``log lam`` in
+    [-20, 20], then the longest prompts trimmed towards their lower bound until the spend fits (vectorised)."""
+
+    def counts(log_lam: float) -> np.ndarray:
+        return np.clip(np.rint(scores / np.sqrt(np.exp(log_lam) * lengths)), low, n_max)
+
+    lo, hi = -20.0, 20.0
+    for _ in range(10):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(counts(mid) @ lengths) > budget else (lo, mid)
+    n = counts(0.5 * (lo + hi))
+    excess = float(n @ lengths) - budget
+    if excess <= 0:
+        return n
+    order = np.argsort(-lengths, kind="stable")
+    room = ((n - low) * lengths)[order]
+    before = np.concatenate(([0.0], np.cumsum(room)[:-1]))
+    last = int(np.searchsorted(before + room, excess))  # the prompt whose trim covers what is still over
+    n = n.copy()
+    n[order[:last]] = low[order[:last]]
+    if last < order.size:
+        i = order[last]
+        n[i] -= np.ceil((excess - before[last]) / lengths[i] - 1e-12)
+    return np.maximum(n, low)
 
 
 def _guess(rate: np.ndarray, lengths: np.ndarray, budget: float) -> float:
@@ -396,14 +441,26 @@ def measurement_floor(
     return np.where(drawn, float(max(floor, n_min)), float(n_min)), drawn
 
 
+def _rates(scores: np.ndarray, lengths: np.ndarray, length_cost: str) -> np.ndarray:
+    """``r_q`` with gain per token ``r_q**2 / (n (n + 1))``: ``s / sqrt(L)`` or ``s / L``; all equal (no information
+    to tell prompts apart, all-zero scores included) becomes all ones, i.e. every prompt alike."""
+    if length_cost not in LENGTH_COSTS:
+        raise ValueError(f"length_cost must be one of {LENGTH_COSTS}, got {length_cost!r}")
+    rate = scores / (np.sqrt(lengths) if length_cost == "sqrt" else lengths)
+    return np.ones_like(rate) if np.all(rate == rate[0]) else rate
+
+
 def free_counts(
-    scores: np.ndarray, expected_lengths: np.ndarray, lam: float, n_min: int = 1, n_max: int = 32
+    scores: np.ndarray,
+    expected_lengths: np.ndarray,
+    lam: float,
+    n_min: int = 1,
+    n_max: int = 32,
+    length_cost: str = "sqrt",
 ) -> np.ndarray:
     """What the threshold rule would give each prompt at multiplier ``lam`` without per-prompt lower bounds
     (to tell where a measurement floor binds)."""
-    rate = np.asarray(scores, dtype=np.float64) / np.asarray(expected_lengths, dtype=np.float64)
-    if np.all(rate == rate[0]):
-        rate = np.ones_like(rate)
+    rate = _rates(np.asarray(scores, dtype=np.float64), np.asarray(expected_lengths, dtype=np.float64), length_cost)
     k = np.floor(0.5 + np.sqrt(0.25 + rate * rate / lam)) if lam > 0 else np.full(rate.shape, float(n_max))
     return np.minimum(np.maximum(k, n_min), n_max).astype(np.int64)
 
@@ -444,6 +501,7 @@ def check_allocation_options(
     n_max: int = 1,
     eps_pre: float = 1.0,
     group_size: int | None = None,
+    length_cost: str = "sqrt",
 ) -> None:
     """Raise ``ValueError`` (message starting with the parameter's name) unless the given allocation options are
     valid; with ``budget_fraction`` and ``group_size``, also that the budget leaves ``n_min`` rollouts per prompt
@@ -456,6 +514,8 @@ def check_allocation_options(
         raise ValueError(f"n_min ({n_min}) must not exceed n_max ({n_max})")
     if not (isinstance(eps_pre, int | float) and 0.0 < eps_pre <= 1.0):
         raise ValueError(f"eps_pre must be in (0, 1], got {eps_pre!r}")
+    if length_cost not in LENGTH_COSTS:
+        raise ValueError(f"length_cost must be one of {LENGTH_COSTS}, got {length_cost!r}")
     if budget_fraction is not None and group_size is not None and budget_fraction * group_size < n_min:
         raise ValueError(
             f"budget_fraction times rollout.n ({group_size}) must be >= n_min ({n_min}) (n_min rollouts per prompt), "

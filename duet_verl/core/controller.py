@@ -126,11 +126,19 @@ class DuetController:
         if floor_dropped:  # the budget cannot give every drawn prompt the floor (b * G below it): n_min
             lower = None
         alloc = allocate_rollouts(
-            pred.scores, pred.lengths, budget, s.n_min, s.n_max, s.eps_pre, s.cap_propensity, lower=lower
+            pred.scores,
+            pred.lengths,
+            budget,
+            s.n_min,
+            s.n_max,
+            s.eps_pre,
+            s.cap_propensity,
+            lower=lower,
+            length_cost=s.length_cost,
         )
         reprobed = None
         if lower is not None and s.explore.reprobe < 1.0:
-            free = free_counts(pred.scores, pred.lengths, alloc.lam, s.n_min, s.n_max)
+            free = free_counts(pred.scores, pred.lengths, alloc.lam, s.n_min, s.n_max, s.length_cost)
             reprobed = drawn & (free < floor) & (alloc.n >= floor)
             p_pre = np.where(reprobed, alloc.p_pre * s.explore.reprobe, alloc.p_pre)
             alloc = replace(alloc, p_pre=np.clip(p_pre, s.eps_pre, 1.0 if s.cap_propensity else None))

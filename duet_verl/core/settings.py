@@ -232,6 +232,7 @@ class DuetSettings:
     n_max: int = _ALLOCATION["n_max"]
     eps_pre: float = _ALLOCATION["eps_pre"]
     cap_propensity: bool = _ALLOCATION["cap_propensity"]
+    length_cost: str = _ALLOCATION["length_cost"]  # sqrt: the paper's n ∝ s/sqrt(L); linear: n ∝ s/L
     seed: int = 0
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
     explore: ExploreSettings = field(default_factory=ExploreSettings)
@@ -249,6 +250,7 @@ class DuetSettings:
                 n_max=self.n_max,
                 eps_pre=self.eps_pre,
                 group_size=group_size,
+                length_cost=self.length_cost,
             ),
             {"budget_fraction": "budget"},
         )

@@ -50,16 +50,21 @@ def test_closed_form_neyman_optimum_without_clipping():
     alloc = allocate_rollouts(scores, lengths, token_budget(lengths, 5, 1.0))  # B = 20 * 100
     np.testing.assert_array_equal(alloc.n, [2, 4, 6, 8])
     assert alloc.spent == alloc.budget and alloc.budget_error == 0.0
-    # lambda* (gain per token at the margin): n = s / (L sqrt(lambda))  =>  lambda = s^2 / (n^2 L^2) = 1/40000
-    assert alloc.lam == pytest.approx(1 / 40000, rel=0.2)
+    # lambda* (gain per token at the margin): n = s / sqrt(lambda L)  =>  lambda = s^2 / (n^2 L) = 1/400
+    assert alloc.lam == pytest.approx(1 / 400, rel=0.2)
+    linear = allocate_rollouts(scores, lengths, token_budget(lengths, 5, 1.0), length_cost="linear")
+    np.testing.assert_array_equal(linear.n, [2, 4, 6, 8])  # equal lengths: both rules agree
+    assert linear.lam == pytest.approx(1 / 40000, rel=0.2)  # n = s / (L sqrt(lambda))
 
 
-def test_cost_weighting_of_the_stated_objective():
-    # objective sum s^2 / (n L): the optimum is n proportional to s / L; equal scores, lengths 100 and 400 -> 4:1
+@pytest.mark.parametrize(("length_cost", "expected"), [("sqrt", [8, 4]), ("linear", [12, 3])])
+def test_cost_weighting(length_cost, expected):
+    # equal scores, lengths 100 and 400, 2,400 tokens: the paper's rule n ∝ s / sqrt(L) gives 2:1 (8 and 4 rollouts),
+    # SPEC §2's literal objective sum s^2 / (n L) gives n ∝ s / L, 4:1 (12 and 3)
     scores = np.array([1.0, 1.0])
     lengths = np.array([100.0, 400.0])
-    alloc = allocate_rollouts(scores, lengths, budget=12 * 100 + 3 * 400)
-    np.testing.assert_array_equal(alloc.n, [12, 3])
+    alloc = allocate_rollouts(scores, lengths, budget=2400, length_cost=length_cost)
+    np.testing.assert_array_equal(alloc.n, expected)
 
 
 def test_all_equal_scores_and_lengths_is_uniform():
@@ -106,10 +111,10 @@ def test_allocation_minimises_objective_against_local_moves():
     alloc = allocate_rollouts(scores, lengths, budget)
     n = alloc.n.astype(float)
 
-    def objective(k):
-        return float(np.sum(scores**2 / (k * lengths)))
+    def local(k):
+        return objective(scores, lengths, k)
 
-    base = objective(n)
+    base = local(n)
     # moving one rollout from i to j (when it fits the budget) must not reduce the objective by more than
     # the discretisation slack of one rollout
     for i in range(50):
@@ -120,7 +125,7 @@ def test_allocation_minimises_objective_against_local_moves():
             k[i] -= 1
             k[j] += 1
             if k @ lengths <= budget:
-                assert objective(k) >= base * (1 - 0.05)
+                assert local(k) >= base * (1 - 0.05)
 
 
 @pytest.mark.parametrize(
@@ -179,8 +184,9 @@ def reference_allocation(scores, lengths, budget, n_min=1, n_max=32):
     return n
 
 
-def objective(scores, lengths, n):
-    return float(np.sum(scores**2 / (n * lengths)))
+def objective(scores, lengths, n, length_cost="sqrt"):
+    """``sum s^2 / n`` (the paper's rule optimises it) or ``sum s^2 / (n L)`` (SPEC §2's objective as written)."""
+    return float(np.sum(scores**2 / (n * (1.0 if length_cost == "sqrt" else lengths))))
 
 
 @settings(max_examples=1000, deadline=None)
@@ -190,16 +196,17 @@ def objective(scores, lengths, n):
     fraction=st.floats(0.15, 1.0),
     group=st.sampled_from([4, 8, 16]),
     n_max=st.sampled_from([8, 16, 32]),
+    length_cost=st.sampled_from(["sqrt", "linear"]),
 )
-def test_objective_never_worse_than_the_reference_rule(seed, m, fraction, group, n_max):
+def test_objective_never_worse_than_the_reference_rule(seed, m, fraction, group, n_max, length_cost):
     scores, lengths = _batch(seed, m)
     budget = token_budget(lengths, group, fraction)
     if budget < lengths.sum() * (1 + 1e-9):  # infeasible (or exactly the floor): refused, tested above
         return
-    ours = allocate_rollouts(scores, lengths, budget, n_max=n_max)
+    ours = allocate_rollouts(scores, lengths, budget, n_max=n_max, length_cost=length_cost)
     ref = reference_allocation(scores, lengths, budget, n_max=n_max)
     assert ref @ lengths <= budget and ours.spent <= budget
-    assert objective(scores, lengths, ours.n) <= objective(scores, lengths, ref) * (1 + 1e-12)
+    assert objective(scores, lengths, ours.n, length_cost) <= objective(scores, lengths, ref, length_cost) * (1 + 1e-12)
 
 
 def test_marginal_gain_finish_is_a_local_optimum():
