@@ -56,10 +56,11 @@ def check_abort_returns_partial_tokens(harness: EngineHarness, tokenizer, count:
         completion = final.outputs[0]
         assert completion.finish_reason == ABORT_FINISH_REASON
         assert len(completion.token_ids) == 48 + 8 == len(completion.logprobs)
-        # DUET asked vLLM for flat log-probs; the server gets back only each sampled token's own entry
+        # DUET asked vLLM for flat log-probs and no detokenization (the monitor decodes the sampled tokens itself):
+        # the server gets back only each sampled token's own entry
         assert [list(p) for p in completion.logprobs] == [[t] for t in completion.token_ids]
         positions = zip(completion.logprobs, completion.token_ids, strict=True)
-        assert all(p[t].logprob <= 0 and p[t].decoded_token for p, t in positions)
+        assert all(p[t].logprob <= 0 and p[t].decoded_token is None for p, t in positions)
         report = request.report()
         assert report.outcome == "aborted" and report.length == 56 and not report.synthetic_eos
     assert harness.unfinished() == 0
@@ -102,3 +103,35 @@ def check_plain_requests_pass_through(harness: EngineHarness) -> None:
     params = SamplingParams(max_tokens=32, temperature=1.0, ignore_eos=True)
     final, request = harness.run(harness.one([5, 6, 7], params, None))
     assert request is None and len(final.outputs[0].token_ids) == 32 and final.outputs[0].logprobs is None
+
+
+def check_own_decoding_decides_as_vllms_detokenizer(harness: EngineHarness, tokenizer) -> None:
+    """The monitor decoding the sampled tokens itself (vLLM detokenizing nothing) takes the same decisions, at the
+    same tokens, as when it reads vLLM's detokenized log-probs: the same seeded requests through both wrappers."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from duet_verl.adapters.stream_monitor import monitored_generate
+
+    regex = r"[a-z ]{10,30}\\boxed\{[0-9]{1,3}\}[a-z ]{40}"
+    rules = {"k1": 8, "k2": 60, "min_tokens": 4, "check_every": 4, "hysteresis": 2, "threshold": 0.0}
+    own, engines = harness.generate, monitored_generate(harness.llm.generate)
+
+    async def run(generate, seed: int, structured: bool):
+        harness.generate = generate
+        extra = {"structured_outputs": StructuredOutputsParams(regex=regex)} if structured else {}
+        params = SamplingParams(max_tokens=100, temperature=1.0, ignore_eos=True, seed=seed, **extra)
+        rule = stop_rule(tokenizer.eos_token_id, markers=MarkerSpec(domains=("math",)), **rules)
+        final, request = await harness.one([5, 6, 7], params, rule)
+        return list(final.outputs[0].token_ids), request.report()
+
+    try:
+        for seed in range(4):
+            for structured in (True, False):
+                ours = harness.run(run(own, seed, structured))
+                theirs = harness.run(run(engines, seed, structured))
+                assert ours[0] == theirs[0], (seed, structured)
+                assert ours[1].to_dict() | {"monitor_ns": 0} == theirs[1].to_dict() | {"monitor_ns": 0}
+                assert ours[1].outcome == ("stopped_after_marker" if structured else "aborted"), ours[1]
+    finally:
+        harness.generate = own

@@ -14,6 +14,12 @@ real log-prob: its entry is a placeholder (``0.0``) and the agent loop masks tha
 (``synthetic_eos``). If closing the stream fails, the request runs to its natural end, the uncut output is
 returned finished and ``abort_failed`` is recorded.
 
+Where the server hands over its tokenizer (DUET's vLLM server does), the monitor decodes each sampled token itself
+with the tokenizer's incremental decoder (tokenizers' ``DecodeStream``, what vLLM's own fast detokenizer runs) and
+the request goes to vLLM with ``detokenize=False``: vLLM then no longer decodes every log-prob alternative (and
+re-decodes each with its context) in its front end, the larger part of what DUET's log-probs cost (measured with
+``duet-verl bench --vllm``). Without a tokenizer the engine's ``decoded_token`` is read instead.
+
 A server hands a request's monitor to the engine wrapper through a :class:`contextvars.ContextVar`
 (:func:`with_monitor` / :func:`monitored_generate`), never through a table keyed by request id: verl's
 ``rollout.full_determinism`` gives every rollout the same request id (``det-{priority}``).
@@ -38,6 +44,7 @@ __all__ = [
     "monitored_generate",
     "monitored_stream",
     "sampled_logprobs",
+    "token_decoder",
     "split_duet_rule",
     "top_logprobs_of",
     "with_monitor",
@@ -94,6 +101,7 @@ class MonitoredRequest:
         self.synthetic_eos = False
         self.abort_failed = False
         self.monitor_ns = 0
+        self.decode: Callable[[int], str] | None = None  # set by the engine wrapper when the monitor decodes itself
 
     def update(self, completion: Any) -> Action:
         """Feed the tokens of ``completion`` (cumulative) not seen yet; returns the first non-continue action."""
@@ -103,7 +111,7 @@ class MonitoredRequest:
         token_ids, logprobs = completion.token_ids, completion.logprobs
         if logprobs is None:
             raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
-        on_token, top_k = self.monitor.on_token, self.top_k
+        on_token, top_k, decode = self.monitor.on_token, self.top_k, self.decode
         flat = hasattr(logprobs, "start_indices")  # vLLM's FlatLogprobs: [sampled, rank 1, …, rank k] per position
         if flat:
             starts, values, texts = logprobs.start_indices, logprobs.logprobs, logprobs.decoded_tokens
@@ -114,6 +122,8 @@ class MonitoredRequest:
             else:
                 position = logprobs[i]
                 text, top = position[token_ids[i]].decoded_token, top_logprobs_of(position, top_k)
+            if decode is not None:
+                text = decode(token_ids[i])
             if text is None:
                 raise RuntimeError(
                     "DUET's stop rule needs decoded tokens to find answer markers, but the engine returned "
@@ -228,10 +238,46 @@ def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], Mo
     return params, MonitoredRequest(RolloutStopRule.from_dict(rule))
 
 
-def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]]):
+def token_decoder(tokenizer: Any, prompt_ids: list[int] | None) -> Callable[[int], str] | None:
+    """The text each next sampled token adds, from a Hugging Face fast tokenizer's Rust backend (tokenizers'
+    ``DecodeStream``, primed with the prompt, special tokens skipped as vLLM does); ``None`` for a tokenizer without
+    one. A decoding error (tokenizers can emit an invalid UTF-8 prefix) restarts the stream, as vLLM does."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers.decoders import DecodeStream
+
+    def fresh(ids: list[int] | None) -> Any:
+        try:
+            return DecodeStream(ids=list(ids or []), skip_special_tokens=True)
+        except TypeError:  # tokenizers < 0.22: no prefill
+            return DecodeStream(skip_special_tokens=True)
+
+    stream = fresh(prompt_ids)
+
+    def decode(token_id: int) -> str:
+        nonlocal stream
+        try:
+            return stream.step(backend, token_id) or ""
+        except Exception:
+            stream = fresh(None)
+            return stream.step(backend, token_id) or ""
+
+    return decode
+
+
+def _prompt_ids(prompt: Any) -> list[int] | None:
+    if isinstance(prompt, dict):
+        return prompt.get("prompt_token_ids")
+    return list(prompt) if isinstance(prompt, list | tuple) else None
+
+
+def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], tokenizer: Any = None):
     """Wrap an engine's ``generate(prompt, params, request_id, ...)``: a request made while a monitor is
-    current (:func:`with_monitor`) asks for top-k log-probs and detokenized tokens (on a copy of its params,
-    via ``params.clone()``) and streams through the monitor. Other requests pass straight through."""
+    current (:func:`with_monitor`) asks for flat top-k log-probs (on a copy of its params, via ``params.clone()``)
+    and streams through the monitor. With ``tokenizer`` (and no stop strings, which need vLLM's detokenizer) the
+    monitor decodes the sampled tokens itself and vLLM detokenizes nothing; otherwise vLLM detokenizes. Other
+    requests pass straight through."""
 
     async def generate(prompt, sampling_params, request_id, *args, **kwargs):
         request = _CURRENT_REQUEST.get()
@@ -241,8 +287,10 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]]):
             return
         params = sampling_params.clone()
         params.logprobs = max(request.top_k, params.logprobs or 0)
+        decode = None if getattr(params, "stop", None) else token_decoder(tokenizer, _prompt_ids(prompt))
+        request.decode = decode
         if hasattr(params, "detokenize"):
-            params.detokenize = True
+            params.detokenize = decode is None
         if hasattr(params, "flat_logprobs"):
             params.flat_logprobs = True  # vLLM keeps the log-probs in flat lists, not an object per alternative
         request.max_tokens = getattr(params, "max_tokens", None)

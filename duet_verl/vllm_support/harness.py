@@ -35,7 +35,7 @@ class EngineHarness:
             return AsyncLLM.from_engine_args(engine_args)
 
         self.llm = self.loop.run_until_complete(start())
-        self.generate = monitored_generate(self.llm.generate)
+        self.generate = monitored_generate(self.llm.generate, tokenizer=self.llm.tokenizer)
 
     def run(self, coro, timeout: float = 300.0):
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))

@@ -236,3 +236,19 @@ def test_a_planned_rule_aborts_a_marker_less_stream_at_k2_plus_grace():
     # no <answer>..</answer> by K2 = 0.7 * 20: aborted after the grace period, with the partial tokens
     assert request.report().outcome == "aborted" and final.outputs[0].finish_reason == ABORT_FINISH_REASON
     assert final.outputs[0].token_ids == list(range(int(0.7 * 20) + 3)) and engine.closed
+
+
+def test_token_decoder_rebuilds_the_text_vllm_would_show(tiny_assets):
+    from transformers import AutoTokenizer
+
+    from duet_verl.adapters.stream_monitor import token_decoder
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets[0])
+    prompt = tokenizer.encode("Q: 12+30=")
+    text = "So x = 42 — ü∑ \\boxed{42}"  # multi-byte characters split over byte-level tokens
+    ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    decode = token_decoder(tokenizer, prompt)
+    pieces = [decode(t) for t in ids]
+    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert "" in pieces  # a character's first bytes add no text until it is complete
+    assert token_decoder(object(), prompt) is None  # no fast backend: vLLM detokenizes instead

@@ -7,8 +7,13 @@ On a GPU machine installed with ``python install.py '.[test]'`` (or through ``sc
 ``python -m pytest tests/gpu -o python_files='test_*.py'``.
 """
 
+import os
+
 import pytest
 
+# vLLM forks its engine process unless CUDA is already initialised in this one; under pytest the CUDA probe below
+# half-initialises it, and the forked engine then fails ("Cannot re-initialize CUDA in forked subprocess")
+os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
@@ -18,6 +23,7 @@ from duet_verl.vllm_support.harness import EngineHarness  # noqa: E402
 from vllm_checks import (  # noqa: E402
     build_model,
     check_abort_returns_partial_tokens,
+    check_own_decoding_decides_as_vllms_detokenizer,
     check_plain_requests_pass_through,
     check_stop_after_a_real_boxed_answer,
 )
@@ -50,3 +56,8 @@ def test_stop_after_a_real_boxed_answer_appends_the_end_of_turn_token(harness):
 def test_unmonitored_requests_pass_through(harness):
     engine, _ = harness
     check_plain_requests_pass_through(engine)
+
+
+def test_own_decoding_decides_as_vllms_detokenizer(harness):
+    engine, tokenizer = harness
+    check_own_decoding_decides_as_vllms_detokenizer(engine, tokenizer)

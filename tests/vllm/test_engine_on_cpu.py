@@ -8,6 +8,7 @@ from vllm_checks import (
     EngineHarness,
     build_model,
     check_abort_returns_partial_tokens,
+    check_own_decoding_decides_as_vllms_detokenizer,
     check_plain_requests_pass_through,
     check_stop_after_a_real_boxed_answer,
 )
@@ -49,3 +50,8 @@ def test_stop_after_a_real_boxed_answer_appends_the_end_of_turn_token(harness):
 def test_unmonitored_requests_pass_through(harness):
     engine, _ = harness
     check_plain_requests_pass_through(engine)
+
+
+def test_own_decoding_decides_as_vllms_detokenizer(harness):
+    engine, tokenizer = harness
+    check_own_decoding_decides_as_vllms_detokenizer(engine, tokenizer)
