@@ -21,8 +21,7 @@ stages:
    version is the stationarity ``n_q = r_q / sqrt(lam)`` of ``J``. The spend ``sum n_q(lam) L_q`` is a
    non-increasing step function; bisection on ``log lam`` finds the smallest ``lam`` whose spend fits ``B``.
 2. **Marginal-gain finish.** The budget left over is filled with the remaining increments in decreasing
-   gain-per-token order, skipping those that no longer fit (first fit), until none fits; the same fill by
-   absolute gain is tried too (the knapsack's other greedy) and the better kept.
+   gain-per-token order, skipping those that no longer fit (first fit), until none fits.
 3. **Exchange.** A short local search moves single rollouts from the cheapest decrements to the best
    increments while that lowers ``J`` within budget (the knapsack residue of unequal costs ``L_q``).
 
@@ -156,14 +155,15 @@ def allocate_rollouts(
     def objective(k: np.ndarray) -> float:
         return float(rate2 * lengths @ (1.0 / k))
 
-    # first fit by gain per token, and by absolute gain (the knapsack's other greedy): keep the better
-    fills = [_fill_by_marginal_gain(start, rate2, lengths, budget, n_max, per_token) for per_token in (True, False)]
-    n = _improve_by_exchange(min(fills, key=objective), rate2, lengths, budget, low, n_max)
-    # the reference rule's own answer, improved the same way, as a second start: a knapsack corner that single
-    # exchanges cannot leave (about 1 batch in 3,000) is then never worse than the reference rule
-    rounded = _fill_by_marginal_gain(_rounded_path_start(s, lengths, budget, low, n_max), rate2, lengths, budget, n_max)
+    # first fit by gain per token, then single exchanges
+    n = _improve_by_exchange(
+        _fill_by_marginal_gain(start, rate2, lengths, budget, n_max), rate2, lengths, budget, low, n_max
+    )
+    # the reference rule's own answer as a second candidate: in a knapsack corner that single exchanges cannot
+    # leave (about 1 batch in 3,000) the result is then still never worse than the reference rule
+    rounded = _rounded_path_start(s, lengths, budget, low, n_max)
     if float(rounded @ lengths) <= budget:
-        n = min((n, _improve_by_exchange(rounded, rate2, lengths, budget, low, n_max)), key=objective)
+        n = min((n, rounded), key=objective)
     spent = float(n @ lengths)
     n_int = n.astype(np.int64)
     p_pre = np.clip(n / n.mean(), eps_pre, 1.0 if cap_propensity else None)
@@ -187,8 +187,10 @@ def _rounded_path_start(
     """SPEC §2's reference rule: ``n = clip(round(s / sqrt(lam L)))`` after 10 bisection steps on ``log lam`` in
     [-20, 20], then the longest prompts trimmed towards their lower bound until the spend fits (vectorised)."""
 
+    rate = scores / np.sqrt(lengths)
+
     def counts(log_lam: float) -> np.ndarray:
-        return np.clip(np.rint(scores / np.sqrt(np.exp(log_lam) * lengths)), low, n_max)
+        return np.clip(np.rint(rate * np.exp(-0.5 * log_lam)), low, n_max)
 
     lo, hi = -20.0, 20.0
     for _ in range(10):
@@ -251,11 +253,10 @@ def _fill_by_marginal_gain(
     lengths: np.ndarray,
     budget: float,
     n_max: int,
-    per_token: bool = True,
     max_rounds: int = 64,
 ) -> np.ndarray:
-    """Spend what is left of the budget on the best increments, first fit: by gain per token
-    (``rate2 / (n (n + 1))``), or with ``per_token=False`` by absolute gain (that times ``L``).
+    """Spend what is left of the budget on the best increments by gain per token (``rate2 / (n (n + 1))``),
+    first fit.
 
     Each round offers every prompt's next increment, best first (ties by prompt index), and takes each one that
     still fits; rounds repeat while any increment was taken."""
@@ -266,8 +267,6 @@ def _fill_by_marginal_gain(
         if cand.size == 0:
             break
         gain = rate2[cand] / (n[cand] * (n[cand] + 1))
-        if not per_token:
-            gain = gain * lengths[cand]
         # at most left / min(L) of them can fit: order only the best that many (ties at the cut included)
         room = int(left / float(lengths[cand].min())) + 1
         if room < cand.size:
