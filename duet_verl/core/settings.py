@@ -76,10 +76,10 @@ class SurrogateSettings:
     rollouts of the pass-rate prior, centred on the population's pass rate.
 
     Measured with ``duet-verl simulate`` (defaults, seed 0; README "Keeping every prompt measurable"): DUET@0.5's
-    gradient-rollout ratio vs GRPO@1.0 1.37, stuck fraction 0.000, Spearman(ŝ, p(1-p)) 0.65; ``prior_strength``
-    2 / 1 / 0.25 gave 1.15 / 1.29 / 1.42; ``decay`` 0.5 / 1.0 gave 1.37 / 1.37; ``length_scale`` 1.30;
-    ``grad_trace`` 1.34 (Spearman 0.72). The old settings (``grad_trace``, ``weighted``, no shrinkage or decay,
-    floor 1): 1.59 but 47 % of learnable prompts stuck each epoch.
+    gradient-rollout ratio vs GRPO@1.0 1.33, stuck fraction 0.000, Spearman(ŝ, p(1-p)) 0.65; ``prior_strength``
+    2 / 1 / 0.25 gave 1.09 / 1.23 / 1.36; ``decay`` 0.5 / 1.0 gave 1.33 / 1.33; ``length_scale`` 1.23;
+    ``grad_trace`` 1.29 (Spearman 0.72). The old settings (``grad_trace``, ``weighted``, no shrinkage or decay,
+    floor 1): 1.55 but 48 % of learnable prompts stuck each epoch.
     """
 
     sigma_min: float = _SURROGATE["sigma_min"]
@@ -131,8 +131,8 @@ class ExploreSettings:
     """Keeping every prompt measurable (issue 11): each prompt gets at least ``floor`` rollouts with probability
     ``reprobe`` (re-drawn every step; ``1`` = always), and a prompt the floor lifted by the draw gets the matching
     importance weight ``1 / reprobe``. Measured with ``duet-verl simulate`` (seed 0): floor 2, ``reprobe=1``
-    leaves 0 % of learnable prompts stuck (ratio 1.37); ``reprobe`` 0.5 / 0.25 → 6.6 % / 8.6 % stuck (1.41 / 1.43);
-    no floor → 11 % (1.49)."""
+    leaves 0 % of learnable prompts stuck (ratio 1.33); ``reprobe`` 0.5 / 0.25 → 4.1 % / 5.8 % stuck (1.37 / 1.41);
+    no floor → 7.3 % (1.41)."""
 
     floor: int = _EXPLORE["floor"]
     reprobe: float = _EXPLORE["reprobe"]

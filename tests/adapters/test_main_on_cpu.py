@@ -40,6 +40,9 @@ def test_cfg_job_prints_the_resolved_duet_config():
         ("+duet.bogus=1", "duet.bogus"),
         ("actor_rollout_ref.rollout.enable_rollout_routing_replay=true", "enable_rollout_routing_replay"),
         ("+trainer.v1.sampler.poll_interval=0", "trainer.v1.sampler.poll_interval"),
+        ("duet.explore.reprobe=0", "duet.explore.reprobe"),
+        ("duet.surrogate.pseudo_count=-1", "duet.surrogate.pseudo_count"),
+        ("duet.length_cost=cubic", "duet.length_cost"),
     ],
 )
 def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
