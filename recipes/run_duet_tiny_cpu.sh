@@ -2,6 +2,7 @@
 # The CPU quickstart's DUET run as a plain recipe: tiny local model, synthetic tasks, verl on the CPU.
 # Build the assets first with `duet-verl quickstart --steps 1 --policies duet@0.5 --out duet_quickstart`.
 set -euo pipefail
+export VERL_PLATFORM=cpu  # verl's platform override: the plug-in's CPU backend is opt-in
 OUT=${OUT:-duet_quickstart}
 CPU=($(python3 -c "from duet_verl.cpu.overrides import cpu_overrides; print(' '.join(cpu_overrides()))"))
 python3 -m duet_verl.main "${CPU[@]}" \

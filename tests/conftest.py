@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny local model/tokenizer assets (built once per session, nothing downloaded)."""
+"""Shared fixtures: tiny local model/tokenizer assets (built once per session, nothing downloaded).
+
+The suite runs verl on the CPU: the plug-in's CPU backend is opt-in through verl's platform override, set here for
+this process and every process it starts (before anything imports verl)."""
+
+import os
+
+os.environ["VERL_PLATFORM"] = os.environ.get("VERL_PLATFORM") or "cpu"
 
 import hypothesis  # noqa: F401  (imported up front: CPython 3.11.7 can fail to AST-rewrite it lazily at exit)
 import pytest

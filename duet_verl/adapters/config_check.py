@@ -7,6 +7,7 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from duet_verl.core.settings import DuetSettings
+from duet_verl.cpu.platform import cpu_platform_wanted
 
 __all__ = ["ConfigError", "check_config", "duet_settings_from_config"]
 
@@ -38,6 +39,12 @@ def check_config(config: DictConfig) -> None:
         raise ConfigError("trainer.use_v1 must be true: DUET runs on verl's V1 trainer")
     if trainer.v1.trainer_mode != "sync":
         raise ConfigError(f"trainer.v1.trainer_mode must be 'sync' for DUET, got {trainer.v1.trainer_mode!r}")
+    workers_env = (config.get("ray_kwargs") or {}).get("ray_init", {}).get("runtime_env", {}).get("env_vars", {})
+    if str(workers_env.get("VERL_PLATFORM", "")).lower() == "cpu" and not cpu_platform_wanted():
+        raise ConfigError(
+            "ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=cpu asks for a CPU run, but this process was "
+            "started without it: export VERL_PLATFORM=cpu (the plug-in's CPU backend is opt-in)"
+        )
     poll = config.trainer.v1.sampler.get("poll_interval")
     if poll is not None and not (isinstance(poll, int | float) and poll > 0):
         raise ConfigError(f"trainer.v1.sampler.poll_interval={poll!r}: seconds between replay-buffer polls, > 0")

@@ -4,6 +4,8 @@ Each line has a reason:
 
 * Ray gets more *logical* CPUs than cores (TransferQueue, the task runner, the agent-loop and reward workers
   each ask for CPUs) and logical GPUs for verl's worker slots (the CPU platform names them ``GPU``).
+* ``VERL_PLATFORM=cpu`` in the Ray workers' environment (:data:`CPU_ENV`; the driver needs it too, before
+  ``import verl``: the quickstart and ``recipes/run_duet_tiny_cpu.sh`` set it).
 * One TransferQueue storage unit instead of eight.
 * verl's replay buffer checks for finished rollouts every 0.1 s instead of 2 s (``trainer.v1.sampler.poll_interval``,
   read by DUET's trainer): a CPU step generates for 1–4 s, which the 2 s poll would round up.
@@ -14,7 +16,11 @@ Each line has a reason:
 
 from __future__ import annotations
 
-__all__ = ["cpu_overrides"]
+__all__ = ["CPU_ENV", "cpu_overrides"]
+
+# The environment a CPU run needs in every process (driver and Ray workers): verl's platform override, which is
+# what turns the plug-in's CPU backend on (it is never chosen from the absence of a GPU).
+CPU_ENV = {"VERL_PLATFORM": "cpu"}
 
 
 # vLLM's CPU backend in verl's hybrid engine: no CUDA graphs, no sleep mode (it frees GPU memory), the KV cache
@@ -33,6 +39,7 @@ def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
         f"ray_kwargs.ray_init.num_cpus={ray_cpus}",
         f"++ray_kwargs.ray_init.num_gpus={world_size}",
         f"trainer.n_gpus_per_node={world_size}",
+        *(f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}={v}" for k, v in CPU_ENV.items()),
         "trainer.nnodes=1",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         "+trainer.v1.sampler.poll_interval=0.1",

@@ -1,8 +1,10 @@
 """A CPU "accelerator" for verl: the platform, FSDP engines for device ``cpu``, and one torch patch.
 
 verl 0.9.1 has no CPU training path. Everything here uses verl's public registries except
-:func:`patch_init_process_group` (see its docstring). It is loaded by :mod:`duet_verl.plugin` in every
-process and becomes the platform only where no CUDA device exists (or ``DUET_VERL_CPU=1``).
+:func:`patch_init_process_group` (see its docstring). It is opt-in, through verl's own platform override
+``VERL_PLATFORM=cpu`` (set by the quickstart, the CPU recipe and the tests): only then does :mod:`duet_verl.plugin`
+register the platform and the FSDP engines for ``cpu``. Without it nothing here touches verl, so a GPU cluster's
+CPU-only head node keeps verl's own platform choice and no training engine is imported by ``import verl``.
 
 Ray resources: verl's resource pools request the platform's ``ray_resource_name()`` per worker and
 check the cluster's GPU count, so the CPU platform presents its worker slots as Ray *logical* GPUs
@@ -25,13 +27,9 @@ CPU_PLATFORM = "cpu"
 
 
 def cpu_platform_wanted() -> bool:
-    """True when this process should run verl on the CPU: asked for, or no CUDA device at all."""
-    flag = os.environ.get("DUET_VERL_CPU", "").strip().lower()
-    if flag in ("1", "true", "yes"):
-        return True
-    if flag in ("0", "false", "no"):
-        return False
-    return not torch.cuda.is_available() and not os.path.exists("/dev/nvidiactl")
+    """True when this process is asked to run verl on the CPU (``VERL_PLATFORM=cpu``, verl's platform override);
+    never guessed from the absence of a GPU."""
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM
 
 
 def _no_op(*args, **kwargs) -> None:
@@ -203,8 +201,11 @@ def dedup_backend(backend: str) -> str:
 
 
 def register_cpu_backend() -> None:
-    """Register the platform and the FSDP engines for ``cpu``; patch torch only where the CPU platform is used."""
+    """With ``VERL_PLATFORM=cpu``: register the platform and the FSDP engines for ``cpu`` and patch torch's
+    process-group backend string. Otherwise do nothing."""
     global PlatformCPU
+    if not cpu_platform_wanted():
+        return
     from verl.plugin.platform.platform_manager import PlatformRegistry
 
     if PlatformCPU is None:  # before the engine import below: it asks verl for the platform at import time
@@ -217,5 +218,4 @@ def register_cpu_backend() -> None:
     for model_type, engine in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
         if "cpu" not in engine_devices(model_type, "fsdp2"):
             EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device="cpu")(engine)
-    if cpu_platform_wanted():
-        patch_init_process_group()
+    patch_init_process_group()

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from duet_verl.cpu.overrides import CPU_ENV
+
 __all__ = ["Policy", "QuickstartConfig", "parse_policy", "run_quickstart"]
 
 
@@ -217,7 +219,7 @@ def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], out
     seen = 0
     with open(run_dir / "train.log", "w") as log:
         proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_DEDUP_LOGS": "0"}
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_DEDUP_LOGS": "0", **CPU_ENV}
         )
         while proc.poll() is None:
             time.sleep(2)

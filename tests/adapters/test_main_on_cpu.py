@@ -56,3 +56,19 @@ def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
 def test_stop_rule_needs_the_duet_vllm_server():
     out, _ = run_main("actor_rollout_ref.rollout.name=sglang")
     assert out.returncode == 2 and "actor_rollout_ref.rollout.name='sglang'" in out.stderr, out.stderr[-2000:]
+
+
+def test_cpu_overrides_without_the_platform_override_say_what_to_export():
+    import os
+
+    from duet_verl.cpu.overrides import cpu_overrides
+
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "duet_verl.main", *cpu_overrides()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 2 and "export VERL_PLATFORM=cpu" in out.stderr, out.stderr[-2000:]

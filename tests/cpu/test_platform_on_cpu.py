@@ -29,11 +29,35 @@ def test_fresh_process_resolves_verls_platform_to_cpu():
     assert lines[1] == "FSDPEngineWithLMHead" and lines[2] == "True"
 
 
-def test_cpu_platform_can_be_forced_off_and_on(monkeypatch):
-    monkeypatch.setenv("DUET_VERL_CPU", "0")
+def test_cpu_platform_only_when_asked_for(monkeypatch):
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)
+    assert not cpu_platform_wanted()  # no GPU here, yet not chosen: never guessed
+    monkeypatch.setenv("VERL_PLATFORM", "nvidia")
     assert not cpu_platform_wanted()
-    monkeypatch.setenv("DUET_VERL_CPU", "1")
+    monkeypatch.setenv("VERL_PLATFORM", "CPU")
     assert cpu_platform_wanted()
+
+
+def test_without_the_override_import_verl_stays_as_verl_chose():
+    """A GPU cluster's CPU-only node (no VERL_PLATFORM=cpu): ``import verl`` registers DUET's own pieces, imports no
+    training engine, registers nothing for ``cpu`` and leaves verl's platform choice alone."""
+    code = (
+        "import sys, verl\n"
+        "from duet_verl.plugin import assert_registered; assert_registered()\n"
+        "heavy = ('verl.workers.engine.', 'megatron', 'transformer_engine')\n"
+        "engines = [m for m in sys.modules if m.startswith(heavy)]\n"
+        "print(engines)\n"
+        "from verl.plugin.platform.platform_manager import PlatformRegistry, get_platform\n"
+        "print('cpu' in PlatformRegistry.registered_names(), get_platform().device_name)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().split("\n")
+    assert lines[0] == "[]", lines[0]
+    assert lines[1] == "False cuda", lines[1]  # verl's own fallback on a machine without a GPU
 
 
 @pytest.mark.parametrize(
@@ -64,7 +88,7 @@ def test_patched_init_process_group_accepts_verls_cpu_string(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "DUET_VERL_CPU": "1"},
+        env={**os.environ, "VERL_PLATFORM": "cpu"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "gloo"
