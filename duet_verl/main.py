@@ -1,11 +1,13 @@
 """``python -m duet_verl.main``: verl's V1 sync trainer with DUET, configured by ``config/duet_trainer.yaml``.
 
 The ``duet:`` section (and the verl settings DUET relies on) is validated in the driver before Ray starts;
-a bad value exits with status 2 and a message naming the key.
+a bad value exits with status 2 and a message naming the key. With ``DRY_RUN=1`` in the environment it stops after
+composing the config and running DUET's and verl's checks (no GPU needed), exiting 0: every recipe honours it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -29,8 +31,14 @@ def main(config: DictConfig) -> None:
 
     from duet_verl.adapters.task_runner import DuetTaskRunner
 
-    auto_set_device(config)
+    dry_run = os.environ.get("DRY_RUN", "0") == "1"
+    if not dry_run:
+        auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    if dry_run:
+        name = config.trainer.experiment_name
+        print(f"duet-verl: DRY_RUN=1: {name}: the configuration composes and passes the checks")
+        return
     run_ppo(config, task_runner_class=DuetTaskRunner)
 
 

@@ -16,7 +16,6 @@ MODEL_ARGS=(
 )
 ACTOR=(
   actor_rollout_ref.actor.optim.lr=3e-6 actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1
-  actor_rollout_ref.actor.optim.lr_scheduler_type=cosine
   actor_rollout_ref.actor.ppo_mini_batch_size=64
   actor_rollout_ref.actor.use_dynamic_bsz=True actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384
   actor_rollout_ref.actor.clip_ratio=0.2 actor_rollout_ref.actor.loss_agg_mode=token-mean
@@ -31,6 +30,9 @@ ROLLOUT=(
   actor_rollout_ref.rollout.val_kwargs.n=4 actor_rollout_ref.rollout.val_kwargs.do_sample=True
   actor_rollout_ref.rollout.val_kwargs.temperature=0.9 actor_rollout_ref.rollout.val_kwargs.top_p=0.95
 )
+# The cosine schedule: FSDP's optimizer schema calls it lr_scheduler_type, Megatron's lr_decay_style (verl 0.9.1).
+FSDP_SCHEDULE=(actor_rollout_ref.actor.optim.lr_scheduler_type=cosine)
+MEGATRON_SCHEDULE=(actor_rollout_ref.actor.optim.lr_decay_style=cosine)
 REF=(
   actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True
 )

@@ -12,7 +12,7 @@ BUDGET=${BUDGET:-0.5}
 EXPERIMENT=${EXPERIMENT:-duet_b${BUDGET}_$(basename "$MODEL")}
 
 python3 -m duet_verl.main \
-  "${DATA[@]}" "${MODEL_ARGS[@]}" "${ACTOR[@]}" "${ROLLOUT[@]}" "${REF[@]}" "${TRAINER[@]}" \
+  "${DATA[@]}" "${MODEL_ARGS[@]}" "${ACTOR[@]}" "${FSDP_SCHEDULE[@]}" "${ROLLOUT[@]}" "${REF[@]}" "${TRAINER[@]}" \
   algorithm.adv_estimator=duet_grpo \
   actor_rollout_ref.rollout.agent.default_agent_loop=duet_single_turn \
   duet.enable=true duet.budget="$BUDGET" \

@@ -10,7 +10,7 @@ EXPERIMENT=${EXPERIMENT:-duet_megatron_b${BUDGET}_$(basename "$MODEL")}
 
 python3 -m duet_verl.main \
   model_engine=megatron \
-  "${DATA[@]}" "${MODEL_ARGS[@]}" "${ACTOR[@]}" "${ROLLOUT[@]}" "${REF[@]}" "${TRAINER[@]}" \
+  "${DATA[@]}" "${MODEL_ARGS[@]}" "${ACTOR[@]}" "${MEGATRON_SCHEDULE[@]}" "${ROLLOUT[@]}" "${REF[@]}" "${TRAINER[@]}" \
   actor_rollout_ref.actor.megatron.tensor_model_parallel_size="$TP" \
   actor_rollout_ref.ref.megatron.tensor_model_parallel_size="$TP" \
   algorithm.adv_estimator=duet_grpo \

@@ -8,7 +8,7 @@ BUDGET=${BUDGET:-1.0}
 N=$(python3 -c "print(max(1, round(${BUDGET} * ${GROUP})))")
 
 python3 -m duet_verl.main \
-  "${DATA[@]}" "${MODEL_ARGS[@]}" "${ACTOR[@]}" "${ROLLOUT[@]}" "${REF[@]}" "${TRAINER[@]}" \
+  "${DATA[@]}" "${MODEL_ARGS[@]}" "${ACTOR[@]}" "${FSDP_SCHEDULE[@]}" "${ROLLOUT[@]}" "${REF[@]}" "${TRAINER[@]}" \
   duet.enable=false algorithm.adv_estimator=grpo \
   actor_rollout_ref.rollout.n="$N" \
   trainer.experiment_name="${EXPERIMENT:-grpo_b${BUDGET}_$(basename "$MODEL")}" \
