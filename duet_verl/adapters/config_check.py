@@ -55,6 +55,19 @@ def check_config(config: DictConfig) -> None:
         raise ConfigError(
             f"algorithm.adv_estimator must be '{DUET_ESTIMATOR}' when duet.enable=true, got {algorithm.adv_estimator!r}"
         )
+    if (algorithm.get("filter_groups") or {}).get("enable", False):
+        raise ConfigError(
+            "algorithm.filter_groups.enable=true (DAPO dynamic sampling) cannot be combined with duet.enable=true: "
+            "verl refills a step's batch through _next_train_batch, which DUET plans once per step, so the token "
+            "budget and the importance weights of refilled prompts would be wrong; use one or the other"
+        )
+    megatron = config.actor_rollout_ref.actor.get("megatron") or {}
+    if int(megatron.get("context_parallel_size", 1) or 1) > 1:
+        raise ConfigError(
+            "actor_rollout_ref.actor.megatron.context_parallel_size > 1 cannot be combined with duet.enable=true: "
+            "DUET's steps have a variable number of rollouts, and verl 0.9.1 pads such batches with rows that its "
+            "Megatron context-parallel path does not handle; use context_parallel_size=1"
+        )
     if algorithm.get("use_kl_in_reward", False):
         raise ConfigError("algorithm.use_kl_in_reward is not supported with duet_grpo; use actor.use_kl_loss")
     rollout = config.actor_rollout_ref.rollout

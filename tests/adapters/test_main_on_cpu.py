@@ -43,6 +43,7 @@ def test_cfg_job_prints_the_resolved_duet_config():
         ("duet.explore.reprobe=0", "duet.explore.reprobe"),
         ("duet.surrogate.pseudo_count=-1", "duet.surrogate.pseudo_count"),
         ("duet.length_cost=cubic", "duet.length_cost"),
+        ("algorithm.filter_groups.enable=true", "algorithm.filter_groups.enable"),
     ],
 )
 def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):

@@ -27,3 +27,11 @@ def test_a_bad_override_fails_the_dry_run_naming_the_key():
     env = {**os.environ, "DRY_RUN": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     out = subprocess.run(["bash", str(recipe), "duet.budget=2"], capture_output=True, text=True, env=env, timeout=180)
     assert out.returncode == 2 and "duet.budget" in out.stderr
+
+
+def test_megatron_context_parallelism_is_refused_for_duet():
+    recipe = next(r for r in RECIPES if "megatron" in r.name)
+    env = {**os.environ, "DRY_RUN": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    override = "actor_rollout_ref.actor.megatron.context_parallel_size=2"
+    out = subprocess.run(["bash", str(recipe), override], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 2 and "context_parallel_size" in out.stderr, out.stderr[-2000:]
