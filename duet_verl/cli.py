@@ -22,9 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument(
         "--policies",
         default=",".join(defaults.policies),
-        help="comma-separated method@budget: grpo@1.0, duet@0.5, grpo@0.5, duet-alloc@0.5",
+        help="comma-separated method@budget, methods: grpo, grpo-aa (A/A arm: GRPO on other seeds), duet, "
+        "duet-alloc (allocation only), duet-stop (stop/abort only)",
     )
     quick.add_argument("--seed", type=int, default=defaults.seed)
+    quick.add_argument(
+        "--seeds", type=int, default=defaults.seeds, help="paired seeds --seed, --seed+1, ...: means, 95%% CIs, diffs"
+    )
     quick.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step)
     quick.add_argument("--group-size", type=int, default=defaults.group_size, help="reference rollouts per prompt G")
     quick.add_argument("--warm-start-steps", type=int, default=defaults.warm_start_steps)
@@ -111,12 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         if args.steps < 1:
             parser.error("--steps must be >= 1")
+        if args.seeds < 1:
+            parser.error("--seeds must be >= 1")
         cfg = QuickstartConfig(
             out=args.out,
             steps=args.steps,
             tasks=tasks,
             policies=policies,
             seed=args.seed,
+            seeds=args.seeds,
             prompts_per_step=args.prompts_per_step,
             group_size=args.group_size,
             warm_start_steps=args.warm_start_steps,

@@ -49,6 +49,7 @@ __all__ = [
     "free_counts",
     "measurement_floor",
     "token_budget",
+    "uniform_allocation",
 ]
 
 LENGTH_COSTS = ("sqrt", "linear")
@@ -178,6 +179,26 @@ def allocate_rollouts(
         frac_at_min=float(np.mean(n_int == n_min)),
         frac_at_max=float(np.mean(n_int == n_max)),
         bisection_steps=steps,
+    )
+
+
+def uniform_allocation(expected_lengths: np.ndarray, budget: float, count: int, n_min: int = 1, n_max: int = 32):
+    """Every prompt gets ``count`` rollouts (clipped to ``[n_min, n_max]``) with propensity 1: DUET with its
+    allocation switched off (``duet.allocate=false``), as GRPO at ``round(b * G)`` rollouts. ``spent`` can exceed
+    ``budget`` by the rounding of ``b * G`` (then ``budget_error < 0``), exactly as for that GRPO."""
+    lengths = np.asarray(expected_lengths, dtype=np.float64)
+    n = np.full(lengths.shape, min(max(int(count), n_min), n_max), dtype=np.int64)
+    spent = float(n @ lengths)
+    return Allocation(
+        n=n,
+        p_pre=np.ones(lengths.shape),
+        lam=0.0,
+        budget=float(budget),
+        spent=spent,
+        budget_error=(float(budget) - spent) / float(budget),
+        frac_at_min=float(np.mean(n == n_min)),
+        frac_at_max=float(np.mean(n == n_max)),
+        bisection_steps=0,
     )
 
 

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from duet_verl.core.advantage import WeightedAdvantage, duet_advantage
-from duet_verl.core.allocator import Allocation, allocate_rollouts, free_counts, measurement_floor, token_budget
+from duet_verl.core.allocator import (
+    Allocation,
+    allocate_rollouts,
+    free_counts,
+    measurement_floor,
+    token_budget,
+    uniform_allocation,
+)
 from duet_verl.core.gates import GateEstimator, stop_thresholds
 from duet_verl.core.monitor import Outcome
 from duet_verl.core.protocol import PromptStopRule, RolloutReport
@@ -125,17 +132,22 @@ class DuetController:
         floor_dropped = float(lower @ pred.lengths) > budget
         if floor_dropped:  # the budget cannot give every drawn prompt the floor (b * G below it): n_min
             lower = None
-        alloc = allocate_rollouts(
-            pred.scores,
-            pred.lengths,
-            budget,
-            s.n_min,
-            s.n_max,
-            s.eps_pre,
-            s.cap_propensity,
-            lower=lower,
-            length_cost=s.length_cost,
-        )
+        if not s.allocate:  # stop/abort only: GRPO's round(b * G) rollouts for every prompt, no floor
+            count = max(1, round(s.budget * self.group_size))
+            alloc = uniform_allocation(pred.lengths, budget, count, s.n_min, s.n_max)
+            lower, floor_dropped = None, False
+        else:
+            alloc = allocate_rollouts(
+                pred.scores,
+                pred.lengths,
+                budget,
+                s.n_min,
+                s.n_max,
+                s.eps_pre,
+                s.cap_propensity,
+                lower=lower,
+                length_cost=s.length_cost,
+            )
         reprobed = None
         if lower is not None and s.explore.reprobe < 1.0:
             free = free_counts(pred.scores, pred.lengths, alloc.lam, s.n_min, s.n_max, s.length_cost)

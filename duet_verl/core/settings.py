@@ -233,6 +233,7 @@ class DuetSettings:
     eps_pre: float = _ALLOCATION["eps_pre"]
     cap_propensity: bool = _ALLOCATION["cap_propensity"]
     length_cost: str = _ALLOCATION["length_cost"]  # sqrt: the paper's n ∝ s/sqrt(L); linear: n ∝ s/L
+    allocate: bool = True  # false: every prompt gets round(budget * G) rollouts (the stop/abort rule alone)
     seed: int = 0
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
     explore: ExploreSettings = field(default_factory=ExploreSettings)

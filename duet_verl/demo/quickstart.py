@@ -18,20 +18,26 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from duet_verl.cpu.overrides import CPU_ENV
 
-__all__ = ["Policy", "QuickstartConfig", "parse_policy", "run_quickstart"]
+__all__ = ["METHODS", "Policy", "QuickstartConfig", "aggregate_runs", "parse_policy", "run_quickstart"]
+
+
+# grpo: GRPO with round(b * G) rollouts; grpo-aa: the same with other seeds (data order, sampling), the A/A arm that
+# sizes the noise; duet: allocation + stop/abort; duet-alloc: allocation only; duet-stop: stop/abort only.
+METHODS = ("grpo", "grpo-aa", "duet", "duet-alloc", "duet-stop")
+AA_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True)
 class Policy:
     """A method and its token budget fraction."""
 
-    method: str  # grpo | duet | duet-alloc
+    method: str  # one of METHODS
     budget: float
 
     @property
@@ -43,8 +49,8 @@ class Policy:
 def parse_policy(text: str) -> Policy:
     """``"duet@0.5"`` → ``Policy("duet", 0.5)``."""
     method, _, budget = text.strip().partition("@")
-    if method not in ("grpo", "duet", "duet-alloc"):
-        raise ValueError(f"unknown method {method!r} in policy {text!r} (grpo, duet, duet-alloc)")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} in policy {text!r} ({', '.join(METHODS)})")
     try:
         value = float(budget or 1.0)
     except ValueError as err:
@@ -63,6 +69,7 @@ class QuickstartConfig:
     tasks: list[str] = field(default_factory=lambda: ["arith", "search"])
     policies: list[str] = field(default_factory=lambda: ["grpo@1.0", "duet@0.5", "grpo@0.5"])
     seed: int = 0
+    seeds: int = 1  # paired seeds seed, seed+1, ...: 1 is a demo; N >= 2 gives means, 95 % intervals, paired diffs
     prompts_per_step: int = 16
     group_size: int = 8
     response_length: int = 128
@@ -126,7 +133,9 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
     from duet_verl.cpu.overrides import cpu_overrides
     from duet_verl.demo.reward import __file__ as reward_file
 
-    n = cfg.group_size if policy.method != "grpo" else max(1, round(policy.budget * cfg.group_size))
+    grpo = policy.method.startswith("grpo")
+    n = cfg.group_size if not grpo else max(1, round(policy.budget * cfg.group_size))
+    seed = cfg.seed + (AA_SEED_OFFSET if policy.method == "grpo-aa" else 0)
     test_freq = max(1, math.ceil(cfg.steps / max(cfg.evals, 1)))
     common = [
         f"data.train_files={paths['train']}",
@@ -134,7 +143,7 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
         f"data.train_batch_size={cfg.prompts_per_step}",
         "data.max_prompt_length=64",
         f"data.max_response_length={cfg.response_length}",
-        f"data.seed={cfg.seed}",
+        f"data.seed={seed}",
         f"actor_rollout_ref.model.path={paths['model']}",
         f"actor_rollout_ref.actor.optim.lr={cfg.lr}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={cfg.prompts_per_step}",
@@ -163,10 +172,10 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
         f"trainer.validation_data_dir={run_dir / 'validation'}",
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
         f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir / 'metrics.jsonl'}",
-        f"duet.seed={cfg.seed}",
+        f"duet.seed={seed}",
         *cpu_overrides(),
     ]
-    if policy.method == "grpo":
+    if grpo:
         return [*common, "duet.enable=false", "algorithm.adv_estimator=grpo"]
     duet = [
         "duet.enable=true",
@@ -175,6 +184,7 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
         "duet.stop.grace=16",
         "duet.gates.update_every=2",
         f"duet.stop.enable={'false' if policy.method == 'duet-alloc' else 'true'}",
+        f"duet.allocate={'false' if policy.method == 'duet-stop' else 'true'}",
     ]
     return [*common, *duet]
 
@@ -204,9 +214,9 @@ def validation_accuracy(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], out: Path) -> dict[str, Any]:
-    """Train one policy in a subprocess, printing progress; returns its summary entry."""
-    run_dir = out / policy.name
+def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run_dir: Path) -> dict[str, Any]:
+    """Train one policy (seed ``cfg.seed``) in a subprocess writing to ``run_dir``, printing progress; returns its
+    summary entry."""
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
@@ -214,7 +224,7 @@ def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], out
         old.unlink()
     command = [sys.executable, "-m", "duet_verl.main", *policy_overrides(policy, cfg, paths, run_dir)]
     (run_dir / "command.txt").write_text(" \\\n  ".join(command) + "\n")
-    _log(f"{policy.name}: training {cfg.steps} steps (log: {run_dir / 'train.log'})")
+    _log(f"{policy.name} seed {cfg.seed}: training {cfg.steps} steps (log: {run_dir / 'train.log'})")
     start = time.monotonic()
     seen = 0
     with open(run_dir / "train.log", "w") as log:
@@ -225,13 +235,14 @@ def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], out
             time.sleep(2)
             rows = read_metrics(metrics_path)
             for row in rows[seen:]:
-                _log(f"{policy.name}: {progress_line(row, cfg.steps)} ({time.monotonic() - start:.0f}s)")
+                line = progress_line(row, cfg.steps)
+                _log(f"{policy.name} seed {cfg.seed}: {line} ({time.monotonic() - start:.0f}s)")
             seen = len(rows)
     wall = time.monotonic() - start
     if proc.returncode != 0:
         tail = (run_dir / "train.log").read_text()[-3000:]
         raise RuntimeError(f"{policy.name} failed (exit {proc.returncode}); see {run_dir / 'train.log'}\n{tail}")
-    return summarize_run(policy, run_dir, wall)
+    return summarize_run(policy, run_dir, wall) | {"seed": cfg.seed}
 
 
 def progress_line(row: dict[str, Any], steps: int) -> str:
@@ -254,12 +265,16 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
     """The summary entry of one run: tokens, accuracy (curve), time, stop/abort rates."""
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "duet/tokens_generated" in r.get("data", {})]
     tokens_by_step = {int(r["step"]): float(r["data"]["duet/tokens_generated"]) for r in rows}
-    cumulative, total = {0: 0.0}, 0.0
+    seconds_by_step = {int(r["step"]): float(r["data"].get("timing_s/step", 0.0)) for r in rows}
+    cumulative, total = {0: (0.0, 0.0)}, (0.0, 0.0)
     for step in sorted(tokens_by_step):
-        total += tokens_by_step[step]
+        total = (total[0] + tokens_by_step[step], total[1] + seconds_by_step[step])
         cumulative[step] = total
     accuracy = validation_accuracy(run_dir)
-    curve = [{"step": s, "tokens": cumulative.get(s, total), "accuracy": a} for s, a in sorted(accuracy.items())]
+    curve = [
+        {"step": s, "tokens": cumulative.get(s, total)[0], "seconds": cumulative.get(s, total)[1], "accuracy": a}
+        for s, a in sorted(accuracy.items())
+    ]
 
     def mean_of(key: str) -> float | None:
         values = [float(r["data"][key]) for r in rows if key in r["data"]]
@@ -270,7 +285,7 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         "method": policy.method,
         "budget": policy.budget,
         "steps": len(rows),
-        "tokens_total": total,
+        "tokens_total": total[0],
         "initial_accuracy": curve[0]["accuracy"] if curve else None,
         "final_accuracy": curve[-1]["accuracy"] if curve else None,
         "wall_clock_s": wall,
@@ -297,8 +312,73 @@ def _duet_share(rows: list[dict[str, Any]]) -> float | None:
     return duet / step if timed and step > 0 else None
 
 
-def plot_accuracy(results: list[dict[str, Any]], path: Path) -> Path:
-    """Held-out accuracy against cumulative generated tokens, one line per policy."""
+BASELINE = "grpo@1"  # the policy every other one is compared with, seed by seed
+
+
+def aggregate_runs(
+    policy: Policy, runs: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]] | None
+) -> dict[str, Any]:
+    """One policy's ``results`` entry over its seeds: means, 95 % intervals, the paired difference of final
+    accuracy against :data:`BASELINE`, the per-seed runs, and the mean curve (with a 95 % band per evaluation)."""
+    from duet_verl.demo.stats import auc_tokens, mean_ci95, paired_difference
+
+    seeds = sorted(runs)
+    ordered = [runs[s] for s in seeds]
+
+    def mean_of(key: str) -> float | None:
+        values = [r[key] for r in ordered if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    finals = {s: runs[s]["final_accuracy"] for s in seeds if runs[s]["final_accuracy"] is not None}
+    final_mean, final_ci = mean_ci95(list(finals.values())) if finals else (None, None)
+    diff = None
+    if baseline and policy.name != BASELINE and finals:
+        base = {s: r["final_accuracy"] for s, r in baseline.items() if r["final_accuracy"] is not None}
+        diff = paired_difference(finals, base) if set(base) & set(finals) else None
+    curve = []
+    for step in sorted({c["step"] for r in ordered for c in r["accuracy_curve"]}):
+        points = [c for r in ordered for c in r["accuracy_curve"] if c["step"] == step]
+        accuracy, band = mean_ci95([c["accuracy"] for c in points])
+        curve.append(
+            {
+                "step": step,
+                "tokens": sum(c["tokens"] for c in points) / len(points),
+                "seconds": sum(c.get("seconds", 0.0) for c in points) / len(points),
+                "accuracy": accuracy,
+                "accuracy_ci95": band,
+            }
+        )
+    return {
+        "policy": policy.name,
+        "method": policy.method,
+        "budget": policy.budget,
+        "seeds": seeds,
+        "final_accuracy_mean": final_mean,
+        "final_accuracy_ci95": final_ci,
+        "auc_tokens_mean": sum(auc_tokens(r["accuracy_curve"]) for r in ordered) / len(ordered),
+        "tokens_total_mean": mean_of("tokens_total"),
+        "gen_time_s_mean": mean_of("gen_time_s"),
+        "wall_clock_s_mean": mean_of("wall_clock_s"),
+        "diff_vs_grpo1": diff,
+        # the single-run fields, averaged over the seeds (the table reads these)
+        "steps": min(r["steps"] for r in ordered),
+        "tokens_total": mean_of("tokens_total"),
+        "initial_accuracy": mean_of("initial_accuracy"),
+        "final_accuracy": final_mean,
+        "wall_clock_s": mean_of("wall_clock_s"),
+        "abort_rate": mean_of("abort_rate"),
+        "marker_stop_rate": mean_of("marker_stop_rate"),
+        "eps_kept_rate": mean_of("eps_kept_rate"),
+        "duet_overhead_share": mean_of("duet_overhead_share"),
+        "score_mismatch": sum(r["score_mismatch"] for r in ordered),
+        "accuracy_curve": curve,
+        "runs": ordered,
+    }
+
+
+def plot_accuracy(results: list[dict[str, Any]], path: Path, x: str = "tokens") -> Path:
+    """Held-out accuracy (mean over seeds, with its 95 % band when there are several) against cumulative rollout
+    tokens (``x="tokens"``) or training seconds (``x="seconds"``), one line per policy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,10 +387,19 @@ def plot_accuracy(results: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for res in results:
         curve = res["accuracy_curve"]
-        ax.plot([c["tokens"] for c in curve], [c["accuracy"] for c in curve], marker="o", label=res["policy"])
-    ax.set_xlabel("rollout tokens generated (cumulative)")
+        xs = [c[x] for c in curve]
+        (line,) = ax.plot(xs, [c["accuracy"] for c in curve], marker="o", label=res["policy"])
+        bands = [c.get("accuracy_ci95") for c in curve]
+        if all(bands) and bands:
+            ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands], color=line.get_color(), alpha=0.15)
+    seeds = max((len(r.get("seeds", [])) for r in results), default=1)
+    ax.set_xlabel("rollout tokens generated (cumulative)" if x == "tokens" else "training time, s (cumulative)")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title("DUET vs GRPO on the CPU quickstart")
+    ax.set_title(
+        f"DUET vs GRPO on the CPU quickstart: mean of {seeds} paired seeds, 95 % bands"
+        if seeds > 1
+        else "DUET vs GRPO on the CPU quickstart (one seed: a demo, not a measurement)"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -364,7 +453,17 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     paths = build_assets(cfg, out)
-    results = [run_policy(p, cfg, paths, out) for p in policies]
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    runs: dict[str, dict[int, dict[str, Any]]] = {p.name: {} for p in policies}
+    todo, done, trained = len(seeds) * len(policies), 0, 0.0
+    for seed in seeds:  # seeds outside: every finished seed holds a complete paired comparison
+        for policy in policies:
+            run_dir = out / policy.name if cfg.seeds == 1 else out / policy.name / f"seed{seed}"
+            eta = f", ETA {trained / done * (todo - done) / 60:.0f} min" if done else ""
+            _log(f"run {done + 1}/{todo}: {policy.name}, seed {seed}{eta}")
+            run = run_policy(policy, replace(cfg, seed=seed), paths, run_dir)
+            runs[policy.name][seed], done, trained = run, done + 1, trained + run["wall_clock_s"]
+    results = [aggregate_runs(p, runs[p.name], runs.get(BASELINE)) for p in policies]
     summary = {
         "config": asdict(cfg),
         "rollout_engine": "vllm",  # verl's vLLM server with DUET's monitor, as on a cluster
@@ -374,6 +473,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_accuracy(results, out / "accuracy_vs_tokens.png")
+    plot_accuracy(results, out / "accuracy_vs_wall_clock.png", x="seconds")
     print(format_table(results))
     _log(f"wrote {out / 'summary.json'} and {plot}")
     return summary

@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 from duet_verl.core.advantage import duet_advantage
 from duet_verl.core.controller import DuetController, StepObservation
 from duet_verl.core.monitor import Outcome
 from duet_verl.core.protocol import RolloutReport
 from duet_verl.core.settings import DuetSettings
-from duet_verl.core.surrogate import pearson
 
 __all__ = ["OLD_SETTINGS", "SimConfig", "main", "parse_policy", "run_policy", "simulate", "spearman"]
 
@@ -141,21 +141,12 @@ def _draw_rollouts(
     return _Rollouts(prompt, reward, length, [Outcome(o) for o in outcome], logprob_sum)
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank)."""
-    order = np.argsort(values, kind="stable")
-    sorted_vals = values[order]
-    starts = np.flatnonzero(np.r_[True, sorted_vals[1:] != sorted_vals[:-1]])
-    ends = np.r_[starts[1:], values.size]
-    ranks = np.empty(values.size)
-    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
-    return ranks
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (Pearson of average ranks); NaN when undefined."""
+    """Spearman's rank correlation (scipy; ties get their mean rank); NaN when undefined (a constant side)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    return pearson(_ranks(x), _ranks(y))
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan
+    return float(stats.spearmanr(x, y).statistic)
 
 
 def parse_policy(policy: str) -> tuple[str, float]:

@@ -173,3 +173,11 @@ def test_floor_that_the_budget_cannot_pay_is_dropped_and_reported():
     plan = controller(budget=0.125).plan([f"p{i}" for i in range(4)], step=1)  # b * G = 1 rollout per prompt
     assert np.all(plan.n == 1) and plan.metrics()["duet/floor_dropped"] == 1.0
     assert controller().plan(["a"], step=1).metrics()["duet/floor_dropped"] == 0.0
+
+
+def test_allocation_off_gives_every_prompt_grpos_count_with_weight_one():
+    settings = DuetSettings.from_mapping({"budget": 0.5, "allocate": False})
+    controller = DuetController(settings, group_size=8, response_cap=256)
+    plan = controller.plan([str(i) for i in range(10)], step=1)
+    assert plan.allocation.n.tolist() == [4] * 10 and np.all(plan.allocation.p_pre == 1.0)
+    assert all(rule is not None for rule in plan.stop_rules)  # the stop/abort rule still acts

@@ -29,7 +29,7 @@ def test_short_quickstart_trains_duet_and_grpo_through_verl(tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert "[quickstart] duet@0.5: step 2/2" in proc.stdout  # live progress
+    assert "[quickstart] duet@0.5 seed 0: step 2/2" in proc.stdout  # live progress
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rollout_engine"] == "vllm" and summary["vllm_version"] == "0.24.0"  # the real engine on CPU
     by_policy = {r["policy"]: r for r in summary["results"]}

@@ -1,0 +1,114 @@
+"""The quickstart's paired-seed experiment: statistics, aggregation over seeds, the new policies."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from duet_verl.demo.quickstart import (
+    METHODS,
+    QuickstartConfig,
+    aggregate_runs,
+    format_table,
+    parse_policy,
+    plot_accuracy,
+    policy_overrides,
+)
+from duet_verl.demo.stats import auc_tokens, mean_ci95, paired_difference
+
+
+def test_mean_ci95_is_the_student_t_interval():
+    values = [0.10, 0.14, 0.12, 0.16, 0.13]
+    mean, (lo, hi) = mean_ci95(values)
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / np.sqrt(5)
+    assert mean == pytest.approx(0.13) and lo == pytest.approx(0.13 - half) and hi == pytest.approx(0.13 + half)
+    assert mean_ci95([0.2]) == (0.2, None)  # one seed: no interval
+    with pytest.raises(ValueError):
+        mean_ci95([])
+
+
+def test_paired_difference_removes_what_the_seed_explains():
+    # the seed shifts both policies alike: the paired interval is tight, an unpaired one would not be
+    base = {0: 0.10, 1: 0.30, 2: 0.20, 3: 0.40}
+    duet = {s: v + 0.05 for s, v in base.items()}
+    diff = paired_difference(duet, base)
+    assert diff["mean"] == pytest.approx(0.05) and diff["ci95"][0] == pytest.approx(0.05)
+    assert diff["seeds"] == [0, 1, 2, 3]
+    unpaired = mean_ci95(list(duet.values()))[1]
+    assert unpaired[1] - unpaired[0] > 0.2
+    assert paired_difference({0: 0.3, 9: 0.1}, {0: 0.2})["seeds"] == [0]  # only common seeds pair
+    with pytest.raises(ValueError):
+        paired_difference({1: 0.1}, {2: 0.1})
+
+
+def test_auc_tokens_is_the_trapezoid_area():
+    curve = [{"tokens": 100.0, "accuracy": 0.2}, {"tokens": 0.0, "accuracy": 0.1}, {"tokens": 300.0, "accuracy": 0.2}]
+    assert auc_tokens(curve) == pytest.approx(100 * 0.15 + 200 * 0.2)
+    assert auc_tokens(curve[:1]) == 0.0
+
+
+def run(seed, final, tokens=1000.0, wall=60.0):
+    curve = [
+        {"step": 0, "tokens": 0.0, "seconds": 0.0, "accuracy": 0.1},
+        {"step": 4, "tokens": tokens, "seconds": wall, "accuracy": final},
+    ]
+    return {
+        "policy": "x",
+        "seed": seed,
+        "steps": 4,
+        "tokens_total": tokens,
+        "initial_accuracy": 0.1,
+        "final_accuracy": final,
+        "wall_clock_s": wall,
+        "gen_time_s": wall / 2,
+        "abort_rate": None,
+        "marker_stop_rate": None,
+        "eps_kept_rate": None,
+        "duet_overhead_share": None,
+        "score_mismatch": 0.0,
+        "accuracy_curve": curve,
+    }
+
+
+def test_aggregate_over_paired_seeds_has_every_field_the_issue_asks_for(tmp_path):
+    grpo_final, duet_final = [0.20, 0.25, 0.22, 0.30, 0.18], [0.21, 0.24, 0.25, 0.29, 0.20]
+    grpo = {s: run(s, f, tokens=2000.0) for s, f in enumerate(grpo_final)}
+    duet = {s: run(s, f, tokens=900.0, wall=40.0) for s, f in enumerate(duet_final)}
+    base = aggregate_runs(parse_policy("grpo@1.0"), grpo, grpo)
+    entry = aggregate_runs(parse_policy("duet@0.5"), duet, grpo)
+    assert base["diff_vs_grpo1"] is None and base["seeds"] == [0, 1, 2, 3, 4]
+    assert entry["method"] == "duet" and entry["budget"] == 0.5 and len(entry["runs"]) == 5
+    assert entry["final_accuracy_mean"] == pytest.approx(np.mean(duet_final))
+    lo, hi = entry["final_accuracy_ci95"]
+    assert lo < entry["final_accuracy_mean"] < hi
+    diff = entry["diff_vs_grpo1"]
+    assert diff["mean"] == pytest.approx(np.mean([0.01, -0.01, 0.03, -0.01, 0.02]))
+    assert diff["ci95"] == pytest.approx(list(mean_ci95([0.01, -0.01, 0.03, -0.01, 0.02])[1]))
+    assert entry["tokens_total_mean"] == 900.0 and entry["wall_clock_s_mean"] == 40.0 and entry["gen_time_s_mean"] == 20
+    assert entry["auc_tokens_mean"] == pytest.approx(
+        np.mean([900 * (0.1 + f) / 2 for f in [0.21, 0.24, 0.25, 0.29, 0.20]])
+    )
+    last = entry["accuracy_curve"][-1]
+    assert last["step"] == 4 and last["accuracy"] == pytest.approx(entry["final_accuracy_mean"])
+    assert last["accuracy_ci95"] == pytest.approx(entry["final_accuracy_ci95"])
+    json.dumps(entry)  # summary.json material
+    assert "duet@0.5" in format_table([base, entry])
+    for x in ("tokens", "seconds"):
+        path = plot_accuracy([base, entry], tmp_path / f"{x}.png", x=x)
+        assert path.stat().st_size > 10_000
+
+
+def test_new_policies_map_to_their_overrides(tmp_path):
+    assert {"grpo-aa", "duet-stop"} <= set(METHODS)
+    cfg = QuickstartConfig(seed=3)
+    paths = {"model": "m", "train": "t", "val": "v"}
+    aa = policy_overrides(parse_policy("grpo-aa@1.0"), cfg, paths, tmp_path)
+    grpo = policy_overrides(parse_policy("grpo@1.0"), cfg, paths, tmp_path)
+    assert "data.seed=1003" in aa and "data.seed=3" in grpo and "duet.enable=false" in aa
+    stop = policy_overrides(parse_policy("duet-stop@0.5"), cfg, paths, tmp_path)
+    assert "duet.allocate=false" in stop and "duet.stop.enable=true" in stop
+    duet = policy_overrides(parse_policy("duet@0.5"), cfg, paths, tmp_path)
+    assert "duet.allocate=true" in duet
+    with pytest.raises(ValueError, match="duet-stop"):
+        parse_policy("vibes@0.5")
