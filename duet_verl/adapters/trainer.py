@@ -32,15 +32,13 @@ from verl.workers.utils.padding import response_to_nested
 from duet_verl.adapters.compat import checkpoint_folder, set_replay_poll_interval
 from duet_verl.adapters.config_check import duet_settings_from_config
 from duet_verl.adapters.estimator import DUET_ESTIMATOR
-from duet_verl.core.controller import DuetController, StepObservation
+from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING, DuetController, StepObservation
 from duet_verl.core.monitor import Outcome
 from duet_verl.core.protocol import RULE_COLUMN, WIRE_KEY, RolloutReport
 
 __all__ = [
     "DUET_STATE_FILE",
     "LOSS_MASK_FIELDS",
-    "PLAN_TIMING",
-    "UPDATE_TIMING",
     "DuetPPOTrainerSync",
     "prompt_ids_of",
     "sequence_scores",
@@ -50,8 +48,6 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 DUET_STATE_FILE = "duet_state.json"
-# DUET's own time in a step, logged beside verl's timing_s/* (quickstart: their share of timing_s/step)
-PLAN_TIMING, UPDATE_TIMING = "timing_s/duet_plan", "timing_s/duet_update"
 # The masks verl 0.9.1 reads for the policy loss: ``response_mask`` in ``ppo_loss`` (numerator of token-mean),
 # ``loss_mask`` in the FSDP and Megatron engines' ``forward_backward_batch`` (its denominator, batch_num_tokens).
 LOSS_MASK_FIELDS = ("response_mask", "loss_mask")

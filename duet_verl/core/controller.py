@@ -32,7 +32,11 @@ from duet_verl.core.protocol import PromptStopRule, RolloutReport
 from duet_verl.core.settings import DuetSettings
 from duet_verl.core.surrogate import PromptSurrogate, group_signal_std, pearson, signal_advantages
 
-__all__ = ["DuetController", "StepObservation", "StepPlan"]
+__all__ = ["PLAN_TIMING", "UPDATE_TIMING", "DuetController", "StepObservation", "StepPlan"]
+
+# DUET's own time in a training step, logged by the trainer beside verl's timing_s/* (the quickstart reports their
+# share of timing_s/step)
+PLAN_TIMING, UPDATE_TIMING = "timing_s/duet_plan", "timing_s/duet_update"
 
 logger = logging.getLogger(__name__)
 

@@ -194,7 +194,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n"):  # not splitlines(): U+2028 and friends can sit inside a string
         line = line.strip()
         if line:
             try:
@@ -208,7 +208,8 @@ def validation_accuracy(run_dir: Path) -> dict[int, float]:
     """Held-out accuracy by step, from verl's dumped validation generations (``{step}.jsonl``)."""
     out = {}
     for file in sorted((run_dir / "validation").glob("*.jsonl")):
-        scores = [json.loads(line).get("score", 0.0) for line in file.read_text().splitlines() if line.strip()]
+        lines = file.read_text().split("\n")  # JSON lines; a generation may hold U+2028, which splitlines() splits
+        scores = [json.loads(line).get("score", 0.0) for line in lines if line.strip()]
         if scores:
             out[int(file.stem)] = sum(float(s) for s in scores) / len(scores)
     return out
@@ -304,7 +305,7 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
 
 
 def _duet_share(rows: list[dict[str, Any]]) -> float | None:
-    from duet_verl.adapters.trainer import PLAN_TIMING, UPDATE_TIMING
+    from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING
 
     timed = [r["data"] for r in rows if UPDATE_TIMING in r["data"]]
     step = sum(float(d.get("timing_s/step", 0.0)) for d in timed)

@@ -23,7 +23,7 @@ def load_series(run_dir: str | Path) -> dict[str, dict[int, float]]:
     files = [run_dir / "metrics.jsonl"] if (run_dir / "metrics.jsonl").exists() else sorted(run_dir.glob("*.jsonl"))
     series: dict[str, dict[int, float]] = defaultdict(dict)
     for file in files:
-        for line in file.read_text().splitlines():
+        for line in file.read_text().split("\n"):  # not splitlines(): U+2028 can sit inside a JSON string
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

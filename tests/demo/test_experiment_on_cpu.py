@@ -112,3 +112,13 @@ def test_new_policies_map_to_their_overrides(tmp_path):
     assert "duet.allocate=true" in duet
     with pytest.raises(ValueError, match="duet-stop"):
         parse_policy("vibes@0.5")
+
+
+def test_validation_files_with_unicode_line_separators_in_generations(tmp_path):
+    from duet_verl.demo.quickstart import validation_accuracy
+
+    (tmp_path / "validation").mkdir()
+    rows = [{"output": "x\u2028y\x85z", "score": 1.0}, {"output": "w", "score": 0.0}]
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    (tmp_path / "validation" / "3.jsonl").write_text("\n".join(lines) + "\n")
+    assert validation_accuracy(tmp_path) == {3: 0.5}
