@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         from duet_verl.tools.bench import main as bench_main
         from duet_verl.tools.bench_vllm import VllmBenchConfig
 
-        for name in ("repeats", "requests", "max_tokens", "rounds"):
-            if getattr(args, name) < 1:
-                parser.error(f"--{name.replace('_', '-')} must be >= 1")
+        _require_positive(parser, args, "repeats", "requests", "max_tokens", "rounds")
         vllm = None
         if args.vllm:
             vllm = VllmBenchConfig(args.model, args.requests, args.max_tokens, args.rounds, shape=args.shape)
@@ -113,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             make_problems(tasks, 1, 0)
         except ValueError as err:
             parser.error(str(err))
-        if args.steps < 1:
-            parser.error("--steps must be >= 1")
-        if args.seeds < 1:
-            parser.error("--seeds must be >= 1")
+        _require_positive(parser, args, "steps", "seeds")
         cfg = QuickstartConfig(
             out=args.out,
             steps=args.steps,
@@ -144,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Exit with argparse's usage error unless every named integer option is >= 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+
 def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import json
 
@@ -156,9 +158,7 @@ def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         DuetSettings.from_mapping(duet).validate(args.group_size)
     except ValueError as err:  # json.JSONDecodeError is a ValueError
         parser.error(f"--duet: {err}")
-    for name in ("prompts", "batch", "epochs", "group_size", "cap"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    _require_positive(parser, args, "prompts", "batch", "epochs", "group_size", "cap")
     if args.batch > args.prompts:
         parser.error("--batch must not exceed --prompts")
     if not (0 <= args.impossible and 0 <= args.trivial and args.impossible + args.trivial < 1):

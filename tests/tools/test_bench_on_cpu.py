@@ -37,3 +37,13 @@ def test_bench_with_vllm_prints_every_key_last():
 def test_bench_rejects_non_positive_sizes(flag):
     out = bench("--vllm", flag, "0", timeout=60)
     assert out.returncode == 2 and f"{flag} must be >= 1" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"), [("quickstart", "--seeds"), ("quickstart", "--steps"), ("simulate", "--cap")]
+)
+def test_other_commands_reject_non_positive_sizes(command, flag):
+    out = subprocess.run(
+        [sys.executable, "-m", "duet_verl.cli", command, flag, "0"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and f"{flag} must be >= 1" in out.stderr
