@@ -135,3 +135,32 @@ def check_own_decoding_decides_as_vllms_detokenizer(harness: EngineHarness, toke
                 assert ours[1].outcome == ("stopped_after_marker" if structured else "aborted"), ours[1]
     finally:
         harness.generate = own
+
+
+def check_seeded_samples_repeat_in_any_batch(harness: EngineHarness, count: int = 6) -> None:
+    """A request with a seed samples the same tokens alone and among other requests (how the agent loop makes
+    evaluation reproducible); another seed samples other tokens (the negative control)."""
+    from vllm import SamplingParams
+
+    from duet_verl.core.rng import sample_seed
+
+    def params(seed: int) -> SamplingParams:
+        return SamplingParams(max_tokens=48, temperature=1.0, top_p=0.95, ignore_eos=True, seed=seed)
+
+    prompt = [5, 6, 7, 8]
+
+    async def alone(seed: int):
+        final, _ = await harness.one(prompt, params(seed), None)
+        return list(final.outputs[0].token_ids)
+
+    async def crowded(seed: int):
+        others = [harness.one([9 + i, 6, 7], params(sample_seed(99, i)), None) for i in range(count)]
+        results = await asyncio.gather(harness.one(prompt, params(seed), None), *others)
+        return list(results[0][0].outputs[0].token_ids)
+
+    seed = sample_seed(1234, 0)
+    first = harness.run(alone(seed))
+    assert len(first) == 48
+    assert harness.run(crowded(seed)) == first
+    assert harness.run(alone(seed)) == first
+    assert harness.run(alone(sample_seed(1234, 1))) != first

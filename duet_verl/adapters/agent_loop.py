@@ -8,6 +8,10 @@ The trainer puts a :class:`~duet_verl.core.protocol.PromptStopRule` in the batch
 rollout (its log-prob was never computed). The server's :class:`~duet_verl.core.protocol.RolloutReport` stays in
 ``extra_fields["duet"]``, where the trainer reads it from TransferQueue; a rollout without a rule gets an
 unmonitored report, so every trajectory carries one.
+
+A row with the data column ``duet_sampling_seed`` (:data:`~duet_verl.core.protocol.SAMPLING_SEED_COLUMN`) is
+sampled with a vLLM seed per sample (:func:`~duet_verl.core.rng.sample_seed` of the row's value and the session
+number), so evaluating the same model twice gives the same generations; rows without it sample freely.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
-from duet_verl.core.protocol import RULE_COLUMN, WIRE_KEY, PromptStopRule, RolloutReport
+from duet_verl.core.protocol import RULE_COLUMN, SAMPLING_SEED_COLUMN, WIRE_KEY, PromptStopRule, RolloutReport
+from duet_verl.core.rng import sample_seed
 
 __all__ = ["DUET_AGENT_LOOP", "DuetSingleTurnAgentLoop", "apply_report"]
 
@@ -39,6 +44,9 @@ class DuetSingleTurnAgentLoop(SingleTurnAgentLoop):
     """Single-turn chat completion with DUET's stop/abort rule."""
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
+        row_seed = kwargs.get(SAMPLING_SEED_COLUMN)
+        if row_seed is not None:
+            sampling_params = {**sampling_params, "seed": sample_seed(int(row_seed), int(kwargs.get("session_id", 0)))}
         prompt_rule = kwargs.get(RULE_COLUMN)
         if not prompt_rule:
             output = await super().run(sampling_params, **kwargs)

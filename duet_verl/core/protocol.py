@@ -20,10 +20,13 @@ from typing import Any
 from duet_verl.core.monitor import MonitorRecord, Outcome, StopRuleConfig
 from duet_verl.core.rng import rollout_seed
 
-__all__ = ["RULE_COLUMN", "WIRE_KEY", "PromptStopRule", "RolloutReport", "RolloutStopRule"]
+__all__ = ["RULE_COLUMN", "SAMPLING_SEED_COLUMN", "WIRE_KEY", "PromptStopRule", "RolloutReport", "RolloutStopRule"]
 
 RULE_COLUMN = "duet_stop_rule"  # the batch column the trainer fills and the agent loop reads
 WIRE_KEY = "duet"  # key of the rollout rule in ``extra_args`` and of the report in ``extra_fields``
+# an optional integer data column: rows that carry it are sampled with vLLM seeds derived from it and the sample's
+# number (reproducible evaluation: the same model evaluated twice gives the same generations)
+SAMPLING_SEED_COLUMN = "duet_sampling_seed"
 
 
 def _check_keys(cls: type, data: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["RolloutRandom", "rollout_seed"]
+__all__ = ["RolloutRandom", "rollout_seed", "sample_seed"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -13,6 +13,11 @@ def rollout_seed(seed: int, step: int, rollout_id: str | int) -> int:
     """A 64-bit seed that depends only on the run seed, the training step and the rollout's id."""
     digest = hashlib.blake2b(f"{seed}|{step}|{rollout_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def sample_seed(row_seed: int, sample: int) -> int:
+    """The engine seed (63 bits, what ``torch.Generator.manual_seed`` accepts) of sample ``sample`` of a row."""
+    return rollout_seed(row_seed, 0, f"sample/{sample}") >> 1
 
 
 class RolloutRandom:

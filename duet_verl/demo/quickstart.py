@@ -2,7 +2,8 @@
 
 1. Builds assets locally (nothing downloaded): a byte-level tokenizer, a small Qwen2-architecture model
    given a short supervised warm start on worked solutions, and train/held-out parquet files of the
-   synthetic tasks in :mod:`duet_verl.demo.tasks`.
+   synthetic tasks in :mod:`duet_verl.demo.tasks`. Warm-start, RL and held-out problems are disjoint; every
+   held-out sample has a fixed vLLM seed (``duet_sampling_seed``), so the same model always scores the same.
 2. Runs each policy with ``python -m duet_verl.main`` (same seeds, same steps): ``grpo@1.0`` is GRPO with
    ``G`` rollouts per prompt, ``grpo@B`` GRPO with ``round(B*G)``, ``duet@B`` DUET at budget ``B``
    (``duet-alloc@B``: allocation only, no stop/abort).
@@ -74,9 +75,10 @@ class QuickstartConfig:
     group_size: int = 8
     response_length: int = 128
     train_problems: int = 128  # a small pool: prompts come back (2 epochs by default), as in the paper's 4
-    val_problems: int = 64
+    val_problems: int = 256  # held out; each sample has a fixed vLLM seed, so re-evaluating a model repeats exactly
     evals: int = 4
     val_samples: int = 4  # held-out accuracy is mean@val_samples
+    warm_start_problems: int = 256  # disjoint from the RL pool and the held-out set
     warm_start_steps: int = 250
     hidden: int = 128  # 4 heads of 32: vLLM's CPU attention needs a head size of 32 or more
     layers: int = 3
@@ -91,8 +93,10 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     """Tokenizer + warm-started model + parquet files under ``out/assets`` (reused if already built)."""
     import torch
 
+    from duet_verl.core.protocol import SAMPLING_SEED_COLUMN
+    from duet_verl.core.rng import rollout_seed
     from duet_verl.demo.assets import build_tiny_model, build_tokenizer
-    from duet_verl.demo.tasks import make_problems, write_parquet
+    from duet_verl.demo.tasks import make_splits, write_parquet
     from duet_verl.demo.warm_start import warm_start
     from duet_verl.tools.score_prompts import prompt_mean_logprobs
 
@@ -100,7 +104,16 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     key = json.dumps(
         {
             k: getattr(cfg, k)
-            for k in ("tasks", "seed", "train_problems", "val_problems", "warm_start_steps", "hidden", "layers")
+            for k in (
+                "tasks",
+                "seed",
+                "train_problems",
+                "val_problems",
+                "warm_start_problems",
+                "warm_start_steps",
+                "hidden",
+                "layers",
+            )
         },
         sort_keys=True,
     )
@@ -113,17 +126,23 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     tokenizer = build_tokenizer()
     model = build_tiny_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
-    train = make_problems(cfg.tasks, cfg.train_problems, seed=cfg.seed)
-    val = make_problems(cfg.tasks, cfg.val_problems, seed=cfg.seed + 10_000)
-    _log(f"warm start: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.warm_start_steps} steps")
-    losses = warm_start(model, tokenizer, train, cfg.warm_start_steps, seed=cfg.seed, progress=_log)
+    sizes = {"val": cfg.val_problems, "train": cfg.train_problems, "warm": cfg.warm_start_problems}
+    splits = make_splits(cfg.tasks, sizes, seed=cfg.seed)
+    train, val = splits["train"], splits["val"]
+    _log(
+        f"warm start: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.warm_start_steps} steps on "
+        f"{len(splits['warm'])} problems disjoint from the {len(train)} RL and {len(val)} held-out ones"
+    )
+    losses = warm_start(model, tokenizer, splits["warm"], cfg.warm_start_steps, seed=cfg.seed, progress=_log)
     model.save_pretrained(paths["model"])
     tokenizer.save_pretrained(paths["model"])
     # DUET's cold-start feature, as `duet-verl score-prompts` would write it
     prompts = [[{"role": "user", "content": p.prompt}] for p in train]
     features = prompt_mean_logprobs(model, tokenizer, prompts, batch_size=64)
     write_parquet(train, paths["train"], "train", extra_columns={"duet_prompt_logprob": features})
-    write_parquet(val, paths["val"], "test", start_index=len(train))
+    start = len(train)
+    eval_seeds = [rollout_seed(cfg.seed, 0, f"eval/{start + i}") >> 1 for i in range(len(val))]
+    write_parquet(val, paths["val"], "test", start_index=start, extra_columns={SAMPLING_SEED_COLUMN: eval_seeds})
     stamp.write_text(json.dumps({"key": key, "warm_start_final_loss": losses[-1] if losses else None}))
     return paths
 
@@ -377,6 +396,17 @@ def aggregate_runs(
     }
 
 
+def step0_spread(runs: dict[str, dict[int, dict[str, Any]]]) -> float | None:
+    """The largest difference, within one seed, between the policies' step-0 accuracies (``None`` with one policy)."""
+    by_seed: dict[int, list[float]] = {}
+    for per_seed in runs.values():
+        for seed, run in per_seed.items():
+            if run.get("initial_accuracy") is not None:
+                by_seed.setdefault(seed, []).append(run["initial_accuracy"])
+    spreads = [max(v) - min(v) for v in by_seed.values() if len(v) > 1]
+    return max(spreads) if spreads else None
+
+
 def plot_accuracy(results: list[dict[str, Any]], path: Path, x: str = "tokens") -> Path:
     """Held-out accuracy (mean over seeds, with its 95 % band when there are several) against cumulative rollout
     tokens (``x="tokens"``) or training seconds (``x="seconds"``), one line per policy."""
@@ -465,16 +495,22 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
             run = run_policy(policy, replace(cfg, seed=seed), paths, run_dir)
             runs[policy.name][seed], done, trained = run, done + 1, trained + run["wall_clock_s"]
     results = [aggregate_runs(p, runs[p.name], runs.get(BASELINE)) for p in policies]
+    spread = step0_spread(runs)
     summary = {
         "config": asdict(cfg),
         "rollout_engine": "vllm",  # verl's vLLM server with DUET's monitor, as on a cluster
         "vllm_version": _vllm_version(),
         "results": results,
+        # every policy of a seed starts from the same model and evaluates it with the same sampling seeds: the
+        # largest difference of their step-0 accuracies is the evaluation's own noise (0 when it repeats exactly)
+        "step0_accuracy_spread": spread,
         "total_wall_clock_s": time.monotonic() - start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_accuracy(results, out / "accuracy_vs_tokens.png")
     plot_accuracy(results, out / "accuracy_vs_wall_clock.png", x="seconds")
     print(format_table(results))
+    if spread is not None:
+        _log(f"re-evaluation check: step-0 accuracy differs by at most {spread:.4f} between the policies of a seed")
     _log(f"wrote {out / 'summary.json'} and {plot}")
     return summary

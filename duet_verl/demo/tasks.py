@@ -16,12 +16,22 @@ function path (``reward.custom_reward_function.path/name``); this project's is
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from duet_verl.demo.reward import compute_score, extract_boxed
 
-__all__ = ["TASKS", "Problem", "compute_score", "extract_boxed", "make_problems", "warm_start_text", "write_parquet"]
+__all__ = [
+    "TASKS",
+    "Problem",
+    "compute_score",
+    "extract_boxed",
+    "make_problems",
+    "make_splits",
+    "warm_start_text",
+    "write_parquet",
+]
 
 _RAMBLE = [" Let me double check this.", " Hmm, wait.", " I think so.", " Looks right.", " Checking again:"]
 
@@ -65,15 +75,38 @@ def _search(rng: random.Random) -> Problem:
 
 
 TASKS = {"arith": _arith, "search": _search}
+_MAX_DRAWS = 10_000  # draws per problem before a task counts as exhausted (search has 360 distinct problems)
 
 
-def make_problems(tasks: list[str], count: int, seed: int) -> list[Problem]:
-    """``count`` problems drawn round-robin from ``tasks`` (reproducible for a seed)."""
+def make_problems(tasks: list[str], count: int, seed: int, exclude: Iterable[str] = ()) -> list[Problem]:
+    """``count`` distinct problems drawn round-robin from ``tasks`` (reproducible for a seed), none of whose prompts
+    is in ``exclude`` (so a warm-start, training and held-out set can be made disjoint)."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
     rng = random.Random(seed)
-    return [TASKS[tasks[i % len(tasks)]](rng) for i in range(count)]
+    taken, problems = set(exclude), []
+    for i in range(count):
+        task = tasks[i % len(tasks)]
+        for _ in range(_MAX_DRAWS):
+            problem = TASKS[task](rng)
+            if problem.prompt not in taken:
+                break
+        else:
+            raise ValueError(f"task {task!r} has no unused problem left after {len(taken)} taken: ask for fewer")
+        taken.add(problem.prompt)
+        problems.append(problem)
+    return problems
+
+
+def make_splits(tasks: list[str], sizes: dict[str, int], seed: int) -> dict[str, list[Problem]]:
+    """Disjoint problem sets by name (e.g. held-out, RL pool, warm start), drawn in the order given, each from its
+    own seed so that one set does not change when another's size does."""
+    splits: dict[str, list[Problem]] = {}
+    for k, (name, size) in enumerate(sizes.items()):
+        used = [p.prompt for drawn in splits.values() for p in drawn]
+        splits[name] = make_problems(tasks, size, seed=seed + 10_000 * k, exclude=used)
+    return splits
 
 
 def warm_start_text(problem: Problem, rng: random.Random, p_ramble: float = 0.25, p_no_answer: float = 0.1) -> str:

@@ -13,6 +13,7 @@ from verl.experimental.agent_loop.agent_loop import DictConfigWrap
 from duet_verl.adapters.agent_loop import DUET_AGENT_LOOP, DuetSingleTurnAgentLoop
 from duet_verl.adapters.compat import agent_loop_names
 from duet_verl.core.controller import DuetController
+from duet_verl.core.rng import sample_seed
 from duet_verl.core.settings import DuetSettings, StopSettings
 
 from scripted_engine import SURE, UNSURE, InProcessServerManager, ScriptedEngine, ScriptedServer, text_script
@@ -74,7 +75,7 @@ def prompt_rule(stop):
     return DuetController(settings, group_size=8, response_cap=RESPONSE).plan(["7"], step=3).stop_rules[0].to_dict()
 
 
-def run_loop(tiny_assets, rule, session_id=0, script=confident_answer):
+def run_loop(tiny_assets, rule, session_id=0, script=confident_answer, **columns):
     async def go():
         loop, _, tokenizer = make_loop(tiny_assets, script)
         params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
@@ -86,7 +87,7 @@ def run_loop(tiny_assets, rule, session_id=0, script=confident_answer):
         }
         if rule is not None:
             kwargs["duet_stop_rule"] = rule
-        out = await loop.run(params, **kwargs)
+        out = await loop.run(params, **kwargs, **columns)
         return out, params, loop.server_manager.calls, tokenizer
 
     return asyncio.run(go())
@@ -138,6 +139,17 @@ def test_per_rollout_seeds_differ_by_session_and_repeat_exactly(tiny_assets):
         run_loop(tiny_assets, rule, session_id=s)[2][0]["extra_args"]["duet"]["monitor"]["seed"] for s in (0, 1, 0)
     ]
     assert seeds[0] != seeds[1] and seeds[0] == seeds[2]
+
+
+def test_a_row_sampling_seed_gives_each_sample_its_own_repeatable_engine_seed(tiny_assets):
+    seeds = [
+        run_loop(tiny_assets, rule, session_id=s, duet_sampling_seed=41)[2][0]["seed"]
+        for rule, s in ((None, 0), (None, 1), (None, 0), (prompt_rule({}), 0))
+    ]
+    assert seeds[0] == sample_seed(41, 0) and seeds[1] == sample_seed(41, 1) != seeds[0]
+    assert seeds[2] == seeds[0] == seeds[3]  # repeats, with or without DUET's stop rule
+    assert 0 <= min(seeds) and max(seeds) < 2**63
+    assert "seed" not in run_loop(tiny_assets, None)[2][0]  # rows without the column sample freely
 
 
 def test_without_rule_it_is_plain_single_turn(tiny_assets):

@@ -14,6 +14,7 @@ from duet_verl.demo.quickstart import (
     parse_policy,
     plot_accuracy,
     policy_overrides,
+    step0_spread,
 )
 from duet_verl.demo.stats import auc_tokens, mean_ci95, paired_difference
 
@@ -97,6 +98,15 @@ def test_aggregate_over_paired_seeds_has_every_field_the_issue_asks_for(tmp_path
     for x in ("tokens", "seconds"):
         path = plot_accuracy([base, entry], tmp_path / f"{x}.png", x=x)
         assert path.stat().st_size > 10_000
+
+
+def test_step0_spread_is_the_largest_within_seed_difference():
+    runs = {"grpo@1": {0: run(0, 0.2), 1: run(1, 0.2)}, "duet@0.5": {0: run(0, 0.3), 1: run(1, 0.3)}}
+    assert step0_spread(runs) == 0.0  # same model, same sampling seeds: the same number
+    runs["duet@0.5"][1]["initial_accuracy"] = 0.13
+    runs["grpo@1"][0]["initial_accuracy"] = 0.5  # seed 0: 0.4 apart; policies of different seeds are not compared
+    assert step0_spread(runs) == pytest.approx(0.4)
+    assert step0_spread({"grpo@1": {0: run(0, 0.2)}}) is None
 
 
 def test_new_policies_map_to_their_overrides(tmp_path):

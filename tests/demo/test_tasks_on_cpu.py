@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from duet_verl.demo.reward import compute_score, extract_boxed
-from duet_verl.demo.tasks import make_problems, warm_start_text, write_parquet
+from duet_verl.demo.tasks import make_problems, make_splits, warm_start_text, write_parquet
 
 
 def test_problems_are_correct_and_reproducible():
@@ -29,6 +29,23 @@ def test_problems_are_correct_and_reproducible():
     assert max(lengths) > 2 * min(lengths)  # heterogeneous lengths
     with pytest.raises(ValueError, match="unknown task"):
         make_problems(["poetry"], 1, 0)
+
+
+def test_problems_are_distinct_and_splits_disjoint():
+    problems = make_problems(["search"], 300, seed=1)
+    assert len({p.prompt for p in problems}) == 300
+    sizes = {"val": 256, "train": 128, "warm": 256}  # the quickstart's defaults: 320 of search's 360 problems
+    splits = make_splits(["arith", "search"], sizes, seed=0)
+    prompts = {name: {p.prompt for p in drawn} for name, drawn in splits.items()}
+    assert {name: len(v) for name, v in prompts.items()} == sizes
+    assert not (
+        prompts["val"] & prompts["train"] or prompts["val"] & prompts["warm"] or prompts["train"] & prompts["warm"]
+    )
+    # a set does not move when a later one changes size, and a fixed seed repeats
+    assert make_splits(["arith", "search"], {"val": 256, "train": 64}, seed=0)["val"] == splits["val"]
+    assert make_splits(["arith", "search"], sizes, seed=0) == splits
+    with pytest.raises(ValueError, match="no unused problem left"):
+        make_problems(["search"], 361, seed=0)
 
 
 def test_reward_function():

@@ -10,6 +10,7 @@ from vllm_checks import (
     check_abort_returns_partial_tokens,
     check_own_decoding_decides_as_vllms_detokenizer,
     check_plain_requests_pass_through,
+    check_seeded_samples_repeat_in_any_batch,
     check_stop_after_a_real_boxed_answer,
 )
 
@@ -55,3 +56,8 @@ def test_unmonitored_requests_pass_through(harness):
 def test_own_decoding_decides_as_vllms_detokenizer(harness):
     engine, tokenizer = harness
     check_own_decoding_decides_as_vllms_detokenizer(engine, tokenizer)
+
+
+def test_seeded_samples_repeat_in_any_batch(harness):
+    engine, _ = harness
+    check_seeded_samples_repeat_in_any_batch(engine)
