@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--shape", choices=tuple(SHAPES), default=vllm_defaults.shape, help="--vllm: random model shape (no --model)"
     )
+    bench.add_argument(
+        "--async-scheduling",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="--vllm: vLLM's async scheduling (auto: vLLM's choice, on by default on a GPU; the CPU has none)",
+    )
 
     from duet_verl.tools.simulate import SimConfig
 
@@ -94,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         _require_positive(parser, args, "repeats", "requests", "max_tokens", "rounds")
         vllm = None
         if args.vllm:
-            vllm = VllmBenchConfig(args.model, args.requests, args.max_tokens, args.rounds, shape=args.shape)
+            scheduling = {"auto": None, "on": True, "off": False}[args.async_scheduling]
+            vllm = VllmBenchConfig(
+                args.model, args.requests, args.max_tokens, args.rounds, shape=args.shape, async_scheduling=scheduling
+            )
         return bench_main(args.repeats, vllm)
     if args.command == "simulate":
         return _simulate(parser, args)

@@ -223,15 +223,38 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _generations(file: Path) -> list[dict[str, Any]]:
+    """verl's dumped validation generations (JSON lines; a generation may hold U+2028, which splitlines() splits)."""
+    return [json.loads(line) for line in file.read_text().split("\n") if line.strip()]
+
+
 def validation_accuracy(run_dir: Path) -> dict[int, float]:
     """Held-out accuracy by step, from verl's dumped validation generations (``{step}.jsonl``)."""
     out = {}
     for file in sorted((run_dir / "validation").glob("*.jsonl")):
-        lines = file.read_text().split("\n")  # JSON lines; a generation may hold U+2028, which splitlines() splits
-        scores = [json.loads(line).get("score", 0.0) for line in lines if line.strip()]
+        scores = [float(g.get("score", 0.0)) for g in _generations(file)]
         if scores:
-            out[int(file.stem)] = sum(float(s) for s in scores) / len(scores)
+            out[int(file.stem)] = sum(scores) / len(scores)
     return out
+
+
+def heldout_profile(file: Path) -> dict[str, float]:
+    """What the held-out set asks of a model at one evaluation: the share of prompts it never / always solves (too
+    hard / too easy for it) and the share of samples with no boxed answer or with text after the answer."""
+    from duet_verl.demo.reward import text_after_answer
+
+    generations = _generations(file)
+    by_prompt: dict[str, list[float]] = {}
+    for g in generations:
+        by_prompt.setdefault(g["input"], []).append(float(g.get("score", 0.0)))
+    after = [text_after_answer(g["output"]) for g in generations]
+    return {
+        "prompts": len(by_prompt),
+        "never_solved": sum(max(v) == 0 for v in by_prompt.values()) / len(by_prompt),
+        "always_solved": sum(min(v) == 1 for v in by_prompt.values()) / len(by_prompt),
+        "no_answer": sum(rest is None for rest in after) / len(generations),
+        "talks_after_answer": sum(bool(rest) for rest in after) / len(generations),
+    }
 
 
 def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run_dir: Path) -> dict[str, Any]:
@@ -300,6 +323,7 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         values = [float(r["data"][key]) for r in rows if key in r["data"]]
         return sum(values) / len(values) if values else None
 
+    evaluations = sorted((run_dir / "validation").glob("*.jsonl"), key=lambda f: int(f.stem))
     return {
         "policy": policy.name,
         "method": policy.method,
@@ -319,6 +343,8 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         # rollouts whose DUET score differed from verl's sequence score, summed over steps (0 when correct)
         "score_mismatch": sum(float(r["data"].get("duet/score_mismatch", 0.0)) for r in rows),
         "mean_reward": mean_of("critic/score/mean"),
+        "heldout_start": heldout_profile(evaluations[0]) if evaluations else None,
+        "heldout_end": heldout_profile(evaluations[-1]) if evaluations else None,
         "accuracy_curve": curve,
     }
 

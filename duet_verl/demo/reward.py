@@ -6,7 +6,7 @@ kept free of dataclasses and package-relative imports.
 
 import re
 
-__all__ = ["compute_score", "extract_boxed"]
+__all__ = ["compute_score", "extract_boxed", "text_after_answer"]
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
@@ -15,6 +15,12 @@ def extract_boxed(text: str) -> str | None:
     """The content of the first ``\\boxed{...}`` (no nesting needed for these tasks), or None."""
     match = _BOXED.search(text)
     return match.group(1).strip() if match else None
+
+
+def text_after_answer(text: str) -> str | None:
+    """What follows the first ``\\boxed{...}`` (stripped), or None without one."""
+    match = _BOXED.search(text)
+    return text[match.end() :].strip() if match else None
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kw):

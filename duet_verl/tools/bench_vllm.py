@@ -60,6 +60,10 @@ class VllmBenchConfig:
     rounds: int = 5
     prompt_tokens: int = 16
     shape: str = "tiny"
+    # vLLM's async scheduling (None: vLLM's choice; on by default on a GPU, always off on the CPU). DUET cuts a stopped
+    # rollout at its decision in the output stream, so the returned tokens are the same either way; with it on, the
+    # engine may compute one more token per stopped request before the abort lands.
+    async_scheduling: bool | None = None
 
 
 def _rule(eos_token_id: int, max_tokens: int, firing: bool) -> Any:
@@ -91,13 +95,18 @@ def _device() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def _engine_args(model: str, max_model_len: int):
+def _engine_args(model: str, max_model_len: int, async_scheduling: bool | None = None):
     import torch
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     if torch.cuda.is_available():
         return AsyncEngineArgs(
-            model=model, max_model_len=max_model_len, gpu_memory_utilization=0.5, dtype="bfloat16", seed=0
+            model=model,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=0.5,
+            dtype="bfloat16",
+            seed=0,
+            async_scheduling=async_scheduling,
         )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
     return AsyncEngineArgs(model=model, max_model_len=max_model_len, enforce_eager=True, dtype="float32", seed=0)
@@ -148,10 +157,13 @@ def run_vllm_bench(cfg: VllmBenchConfig, out=sys.stdout) -> dict[str, Any]:
         described = cfg.model or f"random {cfg.shape}-shaped Qwen3 ({SHAPES[cfg.shape]}), byte-level vocabulary"
         log(f"starting vLLM on {_device()} with {described}")
         started = time.perf_counter()
-        harness = EngineHarness(_engine_args(model, cfg.prompt_tokens + cfg.max_tokens + 16))
-        log(f"engine ready in {time.perf_counter() - started:.0f}s")
+        harness = EngineHarness(_engine_args(model, cfg.prompt_tokens + cfg.max_tokens + 16, cfg.async_scheduling))
+        async_scheduling = bool(harness.llm.vllm_config.scheduler_config.async_scheduling)
+        scheduling = "on" if async_scheduling else "off"
+        log(f"engine ready in {time.perf_counter() - started:.0f}s (async scheduling {scheduling})")
         try:
-            return _measure(harness, cfg, eos, SamplingParams, log) | {"device": _device(), "model": described}
+            measured = _measure(harness, cfg, eos, SamplingParams, log)
+            return measured | {"device": _device(), "model": described, "vllm_async_scheduling": async_scheduling}
         finally:
             harness.close()
 

@@ -132,3 +132,28 @@ def test_validation_files_with_unicode_line_separators_in_generations(tmp_path):
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     (tmp_path / "validation" / "3.jsonl").write_text("\n".join(lines) + "\n")
     assert validation_accuracy(tmp_path) == {3: 0.5}
+
+
+def test_heldout_profile_counts_too_hard_too_easy_and_the_habits(tmp_path):
+    from duet_verl.demo.quickstart import heldout_profile
+
+    def gen(prompt, output, score):
+        return {"input": prompt, "output": output, "score": score}
+
+    rows = [
+        gen("easy", "\\boxed{1}", 1.0),
+        gen("easy", "so \\boxed{1}", 1.0),
+        gen("hard", "no answer at all", 0.0),
+        gen("hard", "\\boxed{2} Hmm, wait.", 0.0),
+        gen("mixed", "\\boxed{3}  ", 1.0),
+        gen("mixed", "\\boxed{4} I think so.\u2028", 0.0),
+    ]
+    path = tmp_path / "0.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    assert heldout_profile(path) == {
+        "prompts": 3,
+        "never_solved": pytest.approx(1 / 3),
+        "always_solved": pytest.approx(1 / 3),
+        "no_answer": pytest.approx(1 / 6),
+        "talks_after_answer": pytest.approx(2 / 6),  # trailing whitespace is not talk
+    }
