@@ -1,0 +1,225 @@
+"""Run untrusted Python (a model's HumanEval completion) in a contained subprocess, without root.
+
+Every run gets a fresh temporary directory as its working directory and home, a clean environment, Python's
+isolated mode (``-I``), and resource limits set by a tiny launcher before anything untrusted starts:
+
+* time: the whole process group is killed with SIGKILL at ``timeout_s`` (plus ``RLIMIT_CPU`` as a backstop);
+* memory: ``RLIMIT_AS`` (address space), so a memory hog gets ``MemoryError`` instead of the node's RAM;
+* processes: ``RLIMIT_NPROC`` (a fork bomb's forks fail), counted per user, so the limit is the user's current
+  process count plus ``max_processes``. The kernel exempts root from it, so as root (a container's usual user)
+  the run is put in its own ``pids`` cgroup with ``pids.max = max_processes`` where one can be created (cgroup v1
+  ``/sys/fs/cgroup/pids`` or a v2 hierarchy with the ``pids`` controller); without either, a root fork bomb is
+  stopped only by the time limit (and the PID namespace, which takes every process down with it);
+* files: ``RLIMIT_FSIZE``, no core dumps;
+* network, ``isolation="namespace"`` (chosen by ``"auto"`` when ``unshare`` works without root, as on most Linux
+  machines): util-linux ``unshare`` puts the program in new user, network and PID namespaces — no network device
+  but a loopback that is down, and every process it starts dies with it (``--kill-child``, PID namespace);
+* ``isolation="socket_block"`` (the fallback where user namespaces are disabled) only replaces the ``socket``
+  module's constructors in the child. It is **weaker**: code that imports ``_socket`` or uses ``ctypes`` can still
+  reach the network, and processes that leave the process group survive.
+
+Neither mode is a security boundary against a determined attacker (no seccomp, the file system is readable); it
+keeps a policy's mistakes and accidents (loops, hogs, forks, stray connections) from harming the trainer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+__all__ = ["ISOLATIONS", "SandboxLimits", "SandboxResult", "namespace_isolation_works", "run_python"]
+
+ISOLATIONS = ("auto", "namespace", "socket_block")
+
+_LAUNCHER = """
+import json, os, resource, sys
+setup = json.loads(sys.argv[1])
+if setup["cgroup_procs"]:
+    with open(setup["cgroup_procs"], "w") as procs:
+        procs.write(str(os.getpid()))
+for name, value in setup["rlimits"].items():
+    resource.setrlimit(getattr(resource, name), (value, value))
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+_CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+_SOCKET_BLOCK = """
+import socket as _duet_socket
+def _duet_no_network(*args, **kwargs):
+    raise OSError("network access is disabled in this sandbox")
+for _duet_name in ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo"):
+    setattr(_duet_socket, _duet_name, _duet_no_network)
+del _duet_socket, _duet_name
+"""
+
+_UNSHARE = ("--user", "--map-root-user", "--net", "--pid", "--kill-child")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one sandboxed run."""
+
+    timeout_s: float = 10.0
+    memory_bytes: int = 1 << 30
+    max_processes: int = 32  # on top of the processes the user already runs
+    file_bytes: int = 16 << 20
+    isolation: str = "auto"  # one of ISOLATIONS
+
+    def __post_init__(self):
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
+        if self.timeout_s <= 0 or self.memory_bytes <= 0 or self.max_processes < 1 or self.file_bytes <= 0:
+            raise ValueError(f"sandbox limits must be positive, got {self}")
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """How a sandboxed run ended."""
+
+    returncode: int
+    timed_out: bool
+    isolation: str  # the isolation actually used: "namespace" or "socket_block"
+    seconds: float
+    stderr_tail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+@functools.cache
+def namespace_isolation_works() -> bool:
+    """Whether ``unshare`` can create user, network and PID namespaces here without root (probed once)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False
+    try:
+        probe = subprocess.run([unshare, *_UNSHARE, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def _user_process_count() -> int:
+    """Processes owned by this user (``RLIMIT_NPROC`` counts them all)."""
+    uid, count = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                count += entry.stat().st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def _resolve_isolation(requested: str) -> str:
+    if requested == "auto":
+        return "namespace" if namespace_isolation_works() else "socket_block"
+    if requested == "namespace" and not namespace_isolation_works():
+        raise RuntimeError("namespace isolation requested, but 'unshare' cannot create user namespaces here")
+    return requested
+
+
+def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run ``source`` as a Python program under ``limits``; never raises for anything the program does."""
+    limits = limits or SandboxLimits()
+    isolation = _resolve_isolation(limits.isolation)
+    rlimits = {
+        "RLIMIT_AS": limits.memory_bytes,
+        "RLIMIT_NPROC": _user_process_count() + limits.max_processes,
+        "RLIMIT_CPU": int(limits.timeout_s) + 1,
+        "RLIMIT_FSIZE": limits.file_bytes,
+        "RLIMIT_CORE": 0,
+    }
+    cgroup = _pids_cgroup(limits.max_processes) if os.geteuid() == 0 else None
+    setup = {"rlimits": rlimits, "cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None}
+    with tempfile.TemporaryDirectory(prefix="duet_sandbox_") as workdir:
+        program = os.path.join(workdir, "program.py")
+        with open(program, "w", encoding="utf-8") as handle:
+            handle.write((_SOCKET_BLOCK if isolation == "socket_block" else "") + source)
+        command = [sys.executable, "-I", program]
+        if isolation == "namespace":
+            command = [shutil.which("unshare") or "unshare", *_UNSHARE, *command]
+        env = {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
+        stderr_path = os.path.join(workdir, "stderr.txt")
+        start = time.monotonic()
+        with open(stderr_path, "wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(setup), *command],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+            timed_out = False
+            try:
+                proc.wait(timeout=limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                _kill_group(proc.pid)
+                proc.wait()
+                if cgroup:
+                    _remove_cgroup(cgroup)
+        seconds = time.monotonic() - start
+        with open(stderr_path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(stderr_path) - 2000))
+            tail = handle.read().decode("utf-8", "replace")
+    return SandboxResult(proc.returncode, timed_out, isolation, seconds, tail)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process left in the run's process group (the session the run started)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pids_cgroup(max_processes: int) -> str | None:
+    """A fresh ``pids`` cgroup limited to ``max_processes`` (root only), or None where none can be made."""
+    for root in _CGROUP_ROOTS:
+        try:
+            path = tempfile.mkdtemp(prefix="duet_sandbox_", dir=root)
+        except OSError:
+            continue
+        limit = os.path.join(path, "pids.max")
+        try:
+            if os.path.exists(limit):  # created by the kernel only in a cgroup with the pids controller
+                with open(limit, "w") as handle:
+                    handle.write(str(max_processes))
+                return path
+        except OSError:
+            pass
+        os.rmdir(path)  # an empty directory either way
+    return None
+
+
+def _remove_cgroup(path: str) -> None:
+    """Kill what is left in the cgroup (processes that left the process group) and remove it."""
+    for _ in range(50):
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as handle:
+                pids = [int(line) for line in handle if line.strip()]
+        except OSError:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.02)
