@@ -60,7 +60,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 def _to_decimal(text: str) -> Decimal | None:
     """A number written with optional thousands commas, ``$``/``%`` and a trailing ``.0``; None if it is not one."""
-    cleaned = text.strip().replace(",", "").replace("$", "").replace("\\%", "").rstrip("%").strip()
+    cleaned = text.strip().replace(",", "").replace("\\$", "").replace("$", "").replace("\\%", "").rstrip("%").strip()
     cleaned = cleaned.removeprefix("\\text{").removesuffix("}").rstrip(".")
     try:
         return Decimal(cleaned)
