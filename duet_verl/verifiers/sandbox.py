@@ -1,24 +1,24 @@
-"""Run untrusted Python (a model's HumanEval completion) in a contained subprocess, without root.
+"""Run untrusted Python (a model's HumanEval completion) in a contained subprocess.
 
 Every run gets a fresh temporary directory as its working directory and home, a clean environment, Python's
-isolated mode (``-I``), and resource limits set by a tiny launcher before anything untrusted starts:
+isolated mode (``-I``), and limits set by a tiny launcher before anything untrusted starts:
 
-* time: the whole process group is killed with SIGKILL at ``timeout_s`` (plus ``RLIMIT_CPU`` as a backstop);
+* time: the whole process group is killed with SIGKILL at ``timeout_s`` (``RLIMIT_CPU`` as a backstop);
 * memory: ``RLIMIT_AS`` (address space), so a memory hog gets ``MemoryError`` instead of the node's RAM;
-* processes: ``RLIMIT_NPROC`` (a fork bomb's forks fail), counted per user, so the limit is the user's current
-  process count plus ``max_processes``. The kernel exempts root from it, so as root (a container's usual user)
-  the run is put in its own ``pids`` cgroup with ``pids.max = max_processes`` where one can be created (cgroup v1
-  ``/sys/fs/cgroup/pids`` or a v2 hierarchy with the ``pids`` controller); without either, a root fork bomb is
-  stopped only by the time limit (and the PID namespace, which takes every process down with it);
+* processes: ``RLIMIT_NPROC`` (a fork bomb's forks fail). The kernel counts it per user and exempts root, so the
+  limit is the running user's current process count plus ``max_processes``, and as root (a container's usual
+  user) the program runs as ``nobody`` (when ``nobody`` can run the interpreter, probed once) and, where one can
+  be created, in its own ``pids`` cgroup (v1 ``/sys/fs/cgroup/pids`` or a v2 hierarchy with the ``pids``
+  controller) with ``pids.max = max_processes``. Root without either is stopped by the time limit only;
 * files: ``RLIMIT_FSIZE``, no core dumps;
-* network, ``isolation="namespace"`` (chosen by ``"auto"`` when ``unshare`` works without root, as on most Linux
-  machines): util-linux ``unshare`` puts the program in new user, network and PID namespaces — no network device
-  but a loopback that is down, and every process it starts dies with it (``--kill-child``, PID namespace);
-* ``isolation="socket_block"`` (the fallback where user namespaces are disabled) only replaces the ``socket``
-  module's constructors in the child. It is **weaker**: code that imports ``_socket`` or uses ``ctypes`` can still
-  reach the network, and processes that leave the process group survive.
+* network, ``isolation="namespace"`` (chosen by ``"auto"`` where it works): util-linux ``unshare`` puts the program
+  in new user, network and PID namespaces — no network device but a loopback that is down, and every process it
+  starts dies with it (``--kill-child``, PID namespace). It needs unprivileged user namespaces (most Linux hosts;
+  not inside a default Docker container, whose seccomp profile blocks them);
+* ``isolation="socket_block"`` (the fallback) only replaces the ``socket`` module's constructors in the child. It
+  is **weaker**: code that imports ``_socket`` or uses ``ctypes`` can still reach the network.
 
-Neither mode is a security boundary against a determined attacker (no seccomp, the file system is readable); it
+Neither mode is a security boundary against a determined attacker (no seccomp, the file system stays readable); it
 keeps a policy's mistakes and accidents (loops, hogs, forks, stray connections) from harming the trainer.
 """
 
@@ -35,9 +35,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-__all__ = ["ISOLATIONS", "SandboxLimits", "SandboxResult", "namespace_isolation_works", "run_python"]
+__all__ = ["ISOLATIONS", "NOBODY", "SandboxLimits", "SandboxResult", "namespace_isolation_works", "run_python"]
 
 ISOLATIONS = ("auto", "namespace", "socket_block")
+NOBODY = 65534  # the unprivileged user a root parent runs programs as
 
 _LAUNCHER = """
 import json, os, resource, sys
@@ -47,6 +48,10 @@ if setup["cgroup_procs"]:
         procs.write(str(os.getpid()))
 for name, value in setup["rlimits"].items():
     resource.setrlimit(getattr(resource, name), (value, value))
+if setup["user"] is not None:
+    os.setgroups([])
+    os.setgid(setup["user"])
+    os.setuid(setup["user"])
 os.execvp(sys.argv[2], sys.argv[2:])
 """
 _CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
@@ -72,6 +77,7 @@ class SandboxLimits:
     max_processes: int = 32  # on top of the processes the user already runs
     file_bytes: int = 16 << 20
     isolation: str = "auto"  # one of ISOLATIONS
+    python: str = sys.executable  # the interpreter that runs the program
 
     def __post_init__(self):
         if self.isolation not in ISOLATIONS:
@@ -87,6 +93,7 @@ class SandboxResult:
     returncode: int
     timed_out: bool
     isolation: str  # the isolation actually used: "namespace" or "socket_block"
+    user: int  # the user id the program ran as
     seconds: float
     stderr_tail: str
 
@@ -95,22 +102,67 @@ class SandboxResult:
         return self.returncode == 0 and not self.timed_out
 
 
+def _launch(command: list[str], user: int | None, workdir: str, timeout_s: float, rlimits: dict, cgroup: str | None):
+    """Start ``command`` through the launcher in its own session; return ``(returncode, timed_out)``."""
+    setup = {
+        "rlimits": rlimits,
+        "cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None,
+        "user": user,
+    }
+    env = {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
+    with open(os.path.join(workdir, "stderr.txt"), "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(setup), *command],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc.pid)
+            proc.wait()
+    return proc.returncode, timed_out
+
+
+def _private_dir(user: int | None) -> tempfile.TemporaryDirectory:
+    workdir = tempfile.TemporaryDirectory(prefix="duet_sandbox_")
+    if user is not None:
+        os.chown(workdir.name, user, user)
+    return workdir
+
+
 @functools.cache
-def namespace_isolation_works() -> bool:
-    """Whether ``unshare`` can create user, network and PID namespaces here without root (probed once)."""
+def _run_as(python: str) -> int | None:
+    """``NOBODY`` when this process is root and ``nobody`` can run ``python`` (probed once), else None."""
+    if os.geteuid() != 0:
+        return None
+    with _private_dir(NOBODY) as workdir:
+        probe = _launch([python, "-I", "-c", "pass"], NOBODY, workdir, 30.0, {}, None)
+    return NOBODY if probe == (0, False) else None
+
+
+@functools.cache
+def namespace_isolation_works(python: str = sys.executable) -> bool:
+    """Whether ``unshare`` creates user, network and PID namespaces here for the sandbox's user (probed once)."""
     unshare = shutil.which("unshare")
     if unshare is None:
         return False
-    try:
-        probe = subprocess.run([unshare, *_UNSHARE, "true"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
+    user = _run_as(python)
+    with _private_dir(user) as workdir:
+        probe = _launch([unshare, *_UNSHARE, python, "-I", "-c", "pass"], user, workdir, 30.0, {}, None)
+    return probe == (0, False)
 
 
-def _user_process_count() -> int:
-    """Processes owned by this user (``RLIMIT_NPROC`` counts them all)."""
-    uid, count = os.getuid(), 0
+def _process_count(uid: int) -> int:
+    """Processes owned by ``uid`` (``RLIMIT_NPROC`` counts them all)."""
+    count = 0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
@@ -120,10 +172,10 @@ def _user_process_count() -> int:
     return count
 
 
-def _resolve_isolation(requested: str) -> str:
+def _resolve_isolation(requested: str, python: str) -> str:
     if requested == "auto":
-        return "namespace" if namespace_isolation_works() else "socket_block"
-    if requested == "namespace" and not namespace_isolation_works():
+        return "namespace" if namespace_isolation_works(python) else "socket_block"
+    if requested == "namespace" and not namespace_isolation_works(python):
         raise RuntimeError("namespace isolation requested, but 'unshare' cannot create user namespaces here")
     return requested
 
@@ -131,51 +183,38 @@ def _resolve_isolation(requested: str) -> str:
 def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResult:
     """Run ``source`` as a Python program under ``limits``; never raises for anything the program does."""
     limits = limits or SandboxLimits()
-    isolation = _resolve_isolation(limits.isolation)
+    isolation = _resolve_isolation(limits.isolation, limits.python)
+    user = _run_as(limits.python)
+    uid = os.getuid() if user is None else user
     rlimits = {
         "RLIMIT_AS": limits.memory_bytes,
-        "RLIMIT_NPROC": _user_process_count() + limits.max_processes,
+        "RLIMIT_NPROC": _process_count(uid) + limits.max_processes,
         "RLIMIT_CPU": int(limits.timeout_s) + 1,
         "RLIMIT_FSIZE": limits.file_bytes,
         "RLIMIT_CORE": 0,
     }
     cgroup = _pids_cgroup(limits.max_processes) if os.geteuid() == 0 else None
-    setup = {"rlimits": rlimits, "cgroup_procs": os.path.join(cgroup, "cgroup.procs") if cgroup else None}
-    with tempfile.TemporaryDirectory(prefix="duet_sandbox_") as workdir:
-        program = os.path.join(workdir, "program.py")
-        with open(program, "w", encoding="utf-8") as handle:
-            handle.write((_SOCKET_BLOCK if isolation == "socket_block" else "") + source)
-        command = [sys.executable, "-I", program]
-        if isolation == "namespace":
-            command = [shutil.which("unshare") or "unshare", *_UNSHARE, *command]
-        env = {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
-        stderr_path = os.path.join(workdir, "stderr.txt")
-        start = time.monotonic()
-        with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(setup), *command],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc.pid)
-                proc.wait()
-                if cgroup:
-                    _remove_cgroup(cgroup)
-        seconds = time.monotonic() - start
-        with open(stderr_path, "rb") as handle:
-            handle.seek(max(0, os.path.getsize(stderr_path) - 2000))
-            tail = handle.read().decode("utf-8", "replace")
-    return SandboxResult(proc.returncode, timed_out, isolation, seconds, tail)
+    start = time.monotonic()
+    try:
+        with _private_dir(user) as workdir:
+            program = os.path.join(workdir, "program.py")
+            with open(program, "w", encoding="utf-8") as handle:
+                handle.write((_SOCKET_BLOCK if isolation == "socket_block" else "") + source)
+            command = [limits.python, "-I", program]
+            if isolation == "namespace":
+                command = [shutil.which("unshare") or "unshare", *_UNSHARE, *command]
+            returncode, timed_out = _launch(command, user, workdir, limits.timeout_s, rlimits, cgroup)
+            tail = _tail(os.path.join(workdir, "stderr.txt"))
+    finally:
+        if cgroup:
+            _remove_cgroup(cgroup)
+    return SandboxResult(returncode, timed_out, isolation, uid, time.monotonic() - start, tail)
+
+
+def _tail(path: str, size: int = 2000) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - size))
+        return handle.read().decode("utf-8", "replace")
 
 
 def _kill_group(pgid: int) -> None:

@@ -2,6 +2,7 @@
 network) — each scored 0, ended within its limit, the parent unharmed — in both isolation modes."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,9 +10,9 @@ import time
 
 import pytest
 
-from duet_verl.verifiers import compute_score
+from duet_verl.verifiers import compute_score, sandbox
 from duet_verl.verifiers.humaneval import extract_code, humaneval_program
-from duet_verl.verifiers.sandbox import SandboxLimits, namespace_isolation_works, run_python
+from duet_verl.verifiers.sandbox import NOBODY, SandboxLimits, namespace_isolation_works, run_python
 
 TASK = {
     "index": 0,
@@ -24,6 +25,7 @@ TASK = {
 RIGHT = "Here it is:\n```python\ndef add_all(numbers: List[int]) -> int:\n    return sum(numbers)\n```"
 ISOLATIONS = ["socket_block", "namespace"] if namespace_isolation_works() else ["socket_block"]
 TIMEOUT = 2.0
+BOMB = "import os\nfor _ in range(100000):\n    os.fork()\n"
 
 
 def score(body: str) -> float:
@@ -87,9 +89,29 @@ def test_infinite_loop_is_killed_at_the_time_limit(isolation):
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_fork_bomb_is_contained(isolation):
-    bomb = "import os\nfor _ in range(100000):\n    os.fork()\n"
-    _assert_contained(bomb, isolation)
+    _assert_contained(BOMB, isolation)
     assert score("    import os\n    while True:\n        os.fork()") == 0.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kernel exempts only root from RLIMIT_NPROC")
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_as_root_without_a_cgroup_the_program_runs_as_nobody_and_its_fork_bomb_fails(isolation, monkeypatch, tmp_path):
+    python = shutil.which("python3", path="/usr/bin:/bin")  # an interpreter outside /root, readable by nobody
+    if python is None or sandbox._run_as(python) != NOBODY:
+        pytest.skip("no interpreter that the user nobody can run")
+    monkeypatch.setattr(sandbox, "_CGROUP_ROOTS", ())  # as in a container without a writable cgroup tree
+    secret = tmp_path / "root_only.txt"
+    secret.write_text("root's")
+    secret.chmod(0o600)
+    assert secret.read_text() == "root's"  # the parent (root) reads it; the program, as nobody, cannot
+    probe = (
+        f"try:\n    open({str(secret)!r}).read()\nexcept PermissionError:\n    pass\nelse:\n    raise SystemExit(1)\n"
+    )
+    result = run_python(probe, SandboxLimits(isolation=isolation, python=python))
+    assert result.passed and result.user == NOBODY, result.stderr_tail
+    bomb = run_python(BOMB, SandboxLimits(isolation=isolation, python=python, timeout_s=TIMEOUT))
+    assert not bomb.timed_out and "BlockingIOError" in bomb.stderr_tail  # RLIMIT_NPROC, not the clock, stopped it
+    _assert_contained(BOMB, isolation, python=python)
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
