@@ -11,6 +11,8 @@ isolated mode (``-I``), and limits set by a tiny launcher before anything untrus
   be created, in its own ``pids`` cgroup (v1 ``/sys/fs/cgroup/pids`` or a v2 hierarchy with the ``pids``
   controller) with ``pids.max = max_processes``. Root without either is stopped by the time limit only;
 * files: ``RLIMIT_FSIZE``, no core dumps;
+* an ending: a run passes only with exit status 0 *and* after its last line ran, which writes a random token into a
+  file; so ``sys.exit(0)`` or ``os._exit(0)`` before the task's tests does not pass (a reward hack otherwise);
 * network, ``isolation="namespace"`` (chosen by ``"auto"`` where it works): util-linux ``unshare`` puts the program
   in new user, network and PID namespaces — no network device but a loopback that is down, and every process it
   starts dies with it (``--kill-child``, PID namespace). It needs unprivileged user namespaces (most Linux hosts;
@@ -27,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -65,6 +68,7 @@ for _duet_name in ("socket", "create_connection", "create_server", "socketpair",
 del _duet_socket, _duet_name
 """
 
+_DONE_FILE = "done.txt"
 _UNSHARE = ("--user", "--map-root-user", "--net", "--pid", "--kill-child")
 
 
@@ -92,6 +96,7 @@ class SandboxResult:
 
     returncode: int
     timed_out: bool
+    completed: bool  # the program's last line ran (it wrote the run's token)
     isolation: str  # the isolation actually used: "namespace" or "socket_block"
     user: int  # the user id the program ran as
     seconds: float
@@ -99,7 +104,7 @@ class SandboxResult:
 
     @property
     def passed(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.completed
 
 
 def _launch(command: list[str], user: int | None, workdir: str, timeout_s: float, rlimits: dict, cgroup: str | None):
@@ -197,18 +202,28 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResul
     start = time.monotonic()
     try:
         with _private_dir(user) as workdir:
-            program = os.path.join(workdir, "program.py")
+            program, token = os.path.join(workdir, "program.py"), secrets.token_hex(16)
+            ending = f"\n\nwith open({_DONE_FILE!r}, 'w') as _duet_done:\n    _duet_done.write({token!r})\n"
             with open(program, "w", encoding="utf-8") as handle:
-                handle.write((_SOCKET_BLOCK if isolation == "socket_block" else "") + source)
+                handle.write((_SOCKET_BLOCK if isolation == "socket_block" else "") + source + ending)
             command = [limits.python, "-I", program]
             if isolation == "namespace":
                 command = [shutil.which("unshare") or "unshare", *_UNSHARE, *command]
             returncode, timed_out = _launch(command, user, workdir, limits.timeout_s, rlimits, cgroup)
             tail = _tail(os.path.join(workdir, "stderr.txt"))
+            completed = _read(os.path.join(workdir, _DONE_FILE)) == token
     finally:
         if cgroup:
             _remove_cgroup(cgroup)
-    return SandboxResult(returncode, timed_out, isolation, uid, time.monotonic() - start, tail)
+    return SandboxResult(returncode, timed_out, completed, isolation, uid, time.monotonic() - start, tail)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read(64)
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _tail(path: str, size: int = 2000) -> str:

@@ -48,6 +48,14 @@ def test_the_program_puts_prompt_code_completion_and_tests_together():
     assert extract_code("a\n```py\nfirst\n```\nb\n```python\nsecond\n```") == "second\n"
 
 
+@pytest.mark.parametrize("exit_call", ["import sys; sys.exit(0)", "import os; os._exit(0)", "raise SystemExit"])
+def test_exiting_before_the_tests_does_not_pass(exit_call):
+    assert run_python("x = 1").passed  # negative control: a program that ends normally passes
+    result = run_python(f"{exit_call}\nraise AssertionError('the tests would fail')")
+    assert result.returncode == 0 and not result.completed and not result.passed
+    assert score(f"    return 0\n\n{exit_call}") == 0.0  # the reward hack: leave before check() runs
+
+
 def test_missing_task_fields_name_them():
     with pytest.raises(ValueError, match="entry_point"):
         compute_score("humaneval", RIGHT, "", {k: v for k, v in TASK.items() if k != "entry_point"})
@@ -145,7 +153,7 @@ def test_clean_environment_and_private_working_directory(monkeypatch):
         "import os, sys\n"
         "assert 'DUET_SECRET' not in os.environ, 'environment leaked'\n"
         "assert os.path.basename(os.getcwd()).startswith('duet_sandbox_')\n"
-        "assert os.listdir('.') == ['program.py'] or sorted(os.listdir('.')) == ['program.py', 'stderr.txt']\n"
+        "assert sorted(os.listdir('.')) == ['program.py', 'stderr.txt'], os.listdir('.')\n"
     )
     assert run_python(probe).passed
 
