@@ -7,7 +7,6 @@ home-made algebra; GSM8K answers are numbers, GPQA answers letters.
 from __future__ import annotations
 
 import re
-import threading
 from decimal import Decimal, InvalidOperation
 
 __all__ = ["gpqa_score", "gsm8k_reference", "gsm8k_score", "last_boxed", "math_score"]
@@ -33,26 +32,15 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _math_verify_timeout() -> int | None:
-    """math-verify times out with ``signal.alarm``, which only works in the main thread; verl's reward loop calls
-    reward functions in executor threads, where it must be off (math-verify raises otherwise)."""
-    return 5 if threading.current_thread() is threading.main_thread() else None
-
-
 def math_score(solution: str, ground_truth: str) -> float:
-    """1.0 when the last boxed answer of ``solution`` is equivalent to ``ground_truth`` under math-verify."""
-    from math_verify import LatexExtractionConfig, parse, verify
+    """1.0 when the last boxed answer of ``solution`` is equivalent to ``ground_truth`` under math-verify (run in a
+    worker process with a hard time limit, see :mod:`duet_verl.verifiers.math_workers`)."""
+    from duet_verl.verifiers.math_workers import math_equivalent
 
     answer = last_boxed(solution)
     if answer is None:
         return 0.0
-    timeout = _math_verify_timeout()
-    config = [LatexExtractionConfig()]
-    gold = parse(f"\\boxed{{{ground_truth}}}", extraction_config=config, parsing_timeout=timeout)
-    predicted = parse(f"\\boxed{{{answer}}}", extraction_config=config, parsing_timeout=timeout)
-    if not gold or not predicted:
-        return 0.0
-    return 1.0 if verify(gold, predicted, timeout_seconds=timeout) else 0.0
+    return 1.0 if math_equivalent(answer, ground_truth) else 0.0
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")

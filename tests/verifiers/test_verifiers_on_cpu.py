@@ -118,3 +118,19 @@ def test_verl_loads_the_entry_point_by_path_and_calls_it_from_worker_threads():
             for s, sol, gt, _ in cases
         ]
         assert [f.result() for f in futures] == [expected for *_, expected in cases]
+
+
+def test_a_comparison_past_the_hard_limit_scores_zero_and_its_worker_is_replaced():
+    """``9^{9^{9^{9}}}`` keeps sympy busy far past any limit; the worker is killed and the next call still works."""
+    import time
+
+    from duet_verl.verifiers.math_workers import MathWorkerPool
+
+    pool = MathWorkerPool(size=1, timeout_s=1.0)
+    assert pool.equivalent("\\frac{10}{2}", "5") is True  # starts the worker (not counted in the limit)
+    worker = pool._idle.queue[0]
+    start = time.monotonic()
+    assert pool.equivalent("9^{9^{9^{9}}}", "5") is False
+    assert time.monotonic() - start < 3.0
+    assert not worker.process.is_alive()  # killed, not left computing
+    assert pool.equivalent("0.5", "\\frac{1}{2}") is True and pool._idle.queue[0] is not worker
