@@ -177,3 +177,22 @@ def test_without_the_hub_the_error_names_the_dataset_id_and_the_offline_option(t
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("duet-verl prepare-data: error: openai/gsm8k (main) [test]: cannot load from the Hugging")
     assert "--from-dir" in last
+
+
+def test_verls_dataset_reads_every_prepared_file(prepared):
+    """The consumer: verl's ``RLHFDataset`` (chat template, prompt-length filter) on each file."""
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from duet_verl.demo.assets import build_tokenizer
+
+    out, summary = prepared
+    config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 4096, "filter_overlong_prompts": True})
+    tokenizer = build_tokenizer()
+    for name in DATASETS:
+        dataset = RLHFDataset(data_files=[str(out / f"{name}.parquet")], tokenizer=tokenizer, config=config)
+        assert len(dataset) == summary[name]["written"]
+        first = dataset[0]
+        assert first["data_source"] == DATASETS[name].data_source
+        assert first["index"] == rows(out, name)[0]["extra_info"]["index"]
+        assert first["reward_model"]["ground_truth"] == rows(out, name)[0]["reward_model"]["ground_truth"]
