@@ -11,12 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from duet_verl.demo.reward import TOY_PREFIX
+from duet_verl.demo.reward import compute_score as toy_score
 from duet_verl.verifiers.answers import gpqa_score, gsm8k_score, math_score
 from duet_verl.verifiers.humaneval import humaneval_score
 
-__all__ = ["DATA_SOURCES", "TOY_PREFIX", "DataSource", "compute_score", "marker_domains_for"]
-
-TOY_PREFIX = "duet_toy_"
+__all__ = ["DATA_SOURCES", "DataSource", "compute_score", "marker_domains_for"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,6 @@ def compute_score(
     if source is not None:
         return source.score(solution_str, str(ground_truth), extra_info)
     if str(data_source).startswith(TOY_PREFIX):
-        from duet_verl.demo.reward import compute_score as toy_score
-
         return float(toy_score(data_source, solution_str, ground_truth, extra_info)["score"])
     known = [*DATA_SOURCES, f"{TOY_PREFIX}*"]
     raise ValueError(f"unknown data_source {data_source!r}: the verifiers know {known}")
