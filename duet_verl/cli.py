@@ -1,4 +1,5 @@
-"""``duet-verl`` command line: ``quickstart``, ``report``, ``score-prompts``, ``bench`` and ``simulate``."""
+"""``duet-verl`` command line: ``quickstart``, ``report``, ``score-prompts``, ``bench``, ``simulate`` and
+``prepare-data``."""
 
 from __future__ import annotations
 
@@ -86,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated grpo@B, duet@B (default settings + --duet) or duet-old@B (settings before issue 11)",
     )
     sim.add_argument("--duet", default="{}", help="JSON overrides of the duet: section for the duet@B policies")
+
+    data = sub.add_parser(
+        "prepare-data", help="write the benchmark datasets as verl parquet files; last line is a JSON summary"
+    )
+    data.add_argument("--out", required=True, help="directory for {dataset}.parquet and prepare_data.json")
+    data.add_argument("--datasets", default=None, help="comma-separated subset (default: all datasets)")
+    data.add_argument(
+        "--from-dir", default=None, help="read {dataset}.jsonl or .parquet here instead of the Hugging Face hub"
+    )
     return parser
 
 
@@ -140,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
         write_report(args.run_dir, args.out)
         return 0
+    if args.command == "prepare-data":
+        return _prepare_data(parser, args)
     if args.command == "score-prompts":
         from duet_verl.tools.score_prompts import score_prompts
 
@@ -153,6 +165,25 @@ def _require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
     for name in names:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def _prepare_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run ``prepare-data``; a bad input prints its file and row and exits with status 2."""
+    import json
+
+    from duet_verl.data import DATASETS, DataError, prepare_data
+
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets else None
+    unknown = [n for n in names or () if n not in DATASETS]
+    if unknown or names == []:
+        parser.error(f"--datasets: unknown or empty {unknown}; known: {','.join(DATASETS)}")
+    try:
+        summary = prepare_data(args.out, names, args.from_dir)
+    except DataError as err:
+        print(f"duet-verl prepare-data: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, sort_keys=True))
+    return 0
 
 
 def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -137,9 +137,10 @@ def check_own_decoding_decides_as_vllms_detokenizer(harness: EngineHarness, toke
         harness.generate = own
 
 
-def check_seeded_samples_repeat_in_any_batch(harness: EngineHarness, count: int = 6) -> None:
-    """A request with a seed samples the same tokens alone and among other requests (how the agent loop makes
-    evaluation reproducible); another seed samples other tokens (the negative control)."""
+def check_seeded_samples_repeat_in_any_batch(harness: EngineHarness, count: int = 16) -> None:
+    """A request with a seed samples the same tokens alone and among other requests whose prompts fill more than one
+    prefill step (how the agent loop makes evaluation reproducible); another seed samples other tokens (the
+    negative control)."""
     from vllm import SamplingParams
 
     from duet_verl.core.rng import sample_seed
@@ -154,7 +155,7 @@ def check_seeded_samples_repeat_in_any_batch(harness: EngineHarness, count: int 
         return list(final.outputs[0].token_ids)
 
     async def crowded(seed: int):
-        others = [harness.one([9 + i, 6, 7], params(sample_seed(99, i)), None) for i in range(count)]
+        others = [harness.one([9 + i, *range(10, 110)], params(sample_seed(99, i)), None) for i in range(count)]
         results = await asyncio.gather(harness.one(prompt, params(seed), None), *others)
         return list(results[0][0].outputs[0].token_ids)
 

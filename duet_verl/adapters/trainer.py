@@ -3,7 +3,8 @@
 * ``_next_train_batch``: plan the batch (surrogate → allocation → stop rules) and attach, per prompt,
   ``__rollout_n__`` (read natively by verl's ``AgentLoopWorkerTQ``), ``duet_p_pre``, ``duet_prompt_id`` and
   ``duet_stop_rule`` (a :class:`~duet_verl.core.protocol.PromptStopRule`, read by the ``duet_single_turn`` agent
-  loop). Validation batches never pass here.
+  loop; its answer markers follow the prompt's ``data_source``, see :func:`rules_following_data_sources`).
+  Validation batches never pass here.
 * ``_compute_advantage``: with ``algorithm.adv_estimator=duet_grpo``, DUET's weighted, abort-masked advantage
   (see :meth:`_duet_advantage`); otherwise verl's, with the same token accounting.
 * ``_load_checkpoint``, and verl's checkpoint callback wrapped: DUET's state rides along in
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +36,15 @@ from duet_verl.adapters.config_check import duet_settings_from_config
 from duet_verl.adapters.estimator import DUET_ESTIMATOR
 from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING, DuetController, StepObservation
 from duet_verl.core.monitor import Outcome
-from duet_verl.core.protocol import RULE_COLUMN, WIRE_KEY, RolloutReport
+from duet_verl.core.protocol import RULE_COLUMN, WIRE_KEY, PromptStopRule, RolloutReport
+from duet_verl.verifiers.registry import marker_domains_for
 
 __all__ = [
     "DUET_STATE_FILE",
     "LOSS_MASK_FIELDS",
     "DuetPPOTrainerSync",
     "prompt_ids_of",
+    "rules_following_data_sources",
     "sequence_scores",
 ]
 
@@ -63,6 +67,16 @@ def prompt_ids_of(batch: TensorDict) -> list[str]:
         sources = [str(s) for s in tu.get(batch, "data_source")]
         return [f"{s}/{i}" for s, i in zip(sources, index, strict=True)]
     return index
+
+
+def rules_following_data_sources(rules: Sequence[PromptStopRule], sources: Sequence[Any]) -> list[PromptStopRule]:
+    """Each prompt's stop rule with the answer-marker domain of its ``data_source`` (``duet_verl.verifiers``);
+    a rule of a source the verifiers do not know keeps the configured ``duet.stop.marker_domains``."""
+    out = []
+    for rule, source in zip(rules, sources, strict=True):
+        domains = marker_domains_for(str(source))
+        out.append(rule.with_marker_domains(domains) if domains else rule)
+    return out
 
 
 def sequence_scores(rm_scores: torch.Tensor) -> torch.Tensor:
@@ -165,7 +179,10 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         tu.assign_non_tensor_stack(batch, "duet_p_pre", [float(p) for p in plan.p_pre])
         tu.assign_non_tensor_stack(batch, "duet_prompt_id", ids)
         if self.duet_settings.stop.enable:
-            tu.assign_non_tensor_stack(batch, RULE_COLUMN, [rule.to_dict() for rule in plan.stop_rules])
+            rules = plan.stop_rules
+            if self.duet_settings.stop.markers_by_data_source and "data_source" in batch.keys():
+                rules = rules_following_data_sources(rules, tu.get(batch, "data_source"))
+            tu.assign_non_tensor_stack(batch, RULE_COLUMN, [rule.to_dict() for rule in rules])
         self._plan_seconds = time.perf_counter() - start
         return batch
 

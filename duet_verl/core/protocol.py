@@ -77,6 +77,11 @@ class PromptStopRule:
     def __post_init__(self):
         _check_top_logprobs(self.top_logprobs)
 
+    def with_marker_domains(self, domains: tuple[str, ...]) -> PromptStopRule:
+        """The same rule looking for the answer markers of ``domains`` (the user regexes are kept)."""
+        markers = replace(self.monitor.markers, domains=tuple(domains))
+        return replace(self, monitor=replace(self.monitor, markers=markers))
+
     def for_rollout(self, rollout_id: str, eos_token_id: int) -> RolloutStopRule:
         """The rule of one rollout: the seed depends only on (run seed, step, rollout id)."""
         seed = rollout_seed(self.run_seed, self.step, rollout_id)

@@ -157,6 +157,7 @@ class StopSettings:
     eps_abort: float = _RULE["eps_abort"]
     marker_domains: tuple[str, ...] = _MARKERS.domains
     marker_regexes: tuple[str, ...] = _MARKERS.regexes
+    markers_by_data_source: bool = True  # a prompt of a data source duet_verl.verifiers knows gets its domain
     threshold_mode: str = _THRESHOLDS["mode"]
     threshold_low: float = _THRESHOLDS["low"]
     threshold_high: float = _THRESHOLDS["high"]

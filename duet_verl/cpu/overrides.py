@@ -24,9 +24,12 @@ CPU_ENV = {"VERL_PLATFORM": "cpu"}
 
 
 # vLLM's CPU backend in verl's hybrid engine: no CUDA graphs, no sleep mode (it frees GPU memory), the KV cache
-# kept between steps, real weights loaded at start (then synced in place from the trainer each step).
+# kept between steps, real weights loaded at start (then synced in place from the trainer each step), and whole
+# prefills: after a partial prefill vLLM 0.24 rewinds a seeded request's generator by an offset, which CPU
+# generators lack ("CPU Generator does not use offset"), so seeded evaluation samples need unchunked prompts.
 VLLM_CPU = [
     "actor_rollout_ref.rollout.enforce_eager=True",
+    "actor_rollout_ref.rollout.enable_chunked_prefill=False",
     "+actor_rollout_ref.rollout.enable_sleep_mode=False",
     "actor_rollout_ref.rollout.free_cache_engine=False",
     "actor_rollout_ref.rollout.load_format=auto",

@@ -6,7 +6,9 @@ kept free of dataclasses and package-relative imports.
 
 import re
 
-__all__ = ["compute_score", "extract_boxed", "text_after_answer"]
+__all__ = ["TOY_PREFIX", "compute_score", "extract_boxed", "text_after_answer"]
+
+TOY_PREFIX = "duet_toy_"  # data_source of the synthetic tasks: duet_toy_{task}
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 

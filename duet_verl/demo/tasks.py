@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from duet_verl.demo.reward import compute_score, extract_boxed
+from duet_verl.demo.reward import TOY_PREFIX, compute_score, extract_boxed
 
 __all__ = [
     "TASKS",
@@ -129,7 +129,7 @@ def write_parquet(
 
     rows = [
         {
-            "data_source": f"duet_toy_{p.task}",
+            "data_source": f"{TOY_PREFIX}{p.task}",
             "prompt": [{"role": "user", "content": p.prompt}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": p.answer},

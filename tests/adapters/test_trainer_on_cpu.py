@@ -50,14 +50,14 @@ def make_trainer(tmp_path, duet=None, estimator="duet_grpo"):
     return trainer
 
 
-def dataloader(batches):
+def dataloader(batches, sources=None):
     out = []
     for rows in batches:
         out.append(
             {
                 "raw_prompt": np.array([[{"role": "user", "content": f"q{i}"}] for i in rows], dtype=object),
                 "index": np.array(rows, dtype=object),
-                "data_source": np.array(["toy"] * len(rows), dtype=object),
+                "data_source": np.array(sources or ["toy"] * len(rows), dtype=object),
                 "duet_prompt_logprob": np.array([-1.0 - 0.1 * i for i in rows], dtype=object),
             }
         )
@@ -89,6 +89,21 @@ def test_stop_disabled_sends_no_rules_and_disabled_duet_changes_nothing(tmp_path
     trainer.train_dataloader, trainer.train_dataloader_it = dataloader([[0, 1]]), None
     trainer.config.data.train_batch_size = 2
     assert "__rollout_n__" not in trainer._next_train_batch().keys()
+
+
+@pytest.mark.parametrize("by_source", [True, False])
+def test_stop_rules_look_for_the_markers_of_their_data_source(tmp_path, by_source):
+    trainer = make_trainer(tmp_path, duet={"stop": {"min_tokens": 2, "markers_by_data_source": by_source}})
+    sources = ["math500", "humaneval", "toy", "gpqa_diamond"]
+    trainer.train_dataloader, trainer.train_dataloader_it = dataloader([[0, 1, 2, 3]], sources), None
+    rules = [PromptStopRule.from_dict(r) for r in tu.get(trainer._next_train_batch(), "duet_stop_rule")]
+    domains = [rule.monitor.markers.domains for rule in rules]
+    configured = ("math", "generic")  # duet.stop.marker_domains' default
+    if by_source:
+        assert domains == [("math",), ("code",), configured, ("math",)]
+    else:
+        assert domains == [configured] * 4
+    assert all(rule.monitor.markers.regexes == () for rule in rules)
 
 
 def test_prompt_ids_need_an_index():

@@ -118,3 +118,20 @@ def test_adversarial_tails_cost_linear_time(adversarial):
         for d in detectors:
             d.feed(chunk)
     assert time.perf_counter() - start < 5.0
+
+
+def test_a_prompt_rule_switched_to_the_code_domain_finds_fences_not_boxes_and_keeps_regexes():
+    from duet_verl.core.settings import DuetSettings
+
+    stop = DuetSettings.from_mapping({"stop": {"marker_regexes": ["DONE!"]}}).stop
+    math_rule = stop.prompt_rule(k1=10, k2=20, threshold=0.5, run_seed=0, step=1)
+    code_rule = math_rule.with_marker_domains(("code",))
+    assert code_rule.monitor.markers == MarkerSpec(domains=("code",), regexes=("DONE!",))
+    assert math_rule.monitor.markers.domains == ("math", "generic")  # the original is unchanged
+    assert code_rule.monitor.k1 == 10 and code_rule.step == 1  # everything but the markers is kept
+    boxed, fenced = "so it is \\boxed{42} here", "```python\nx = 1\n``` here"
+    assert feed_pieces(build_detectors(code_rule.monitor.markers), boxed) is None
+    assert feed_pieces(build_detectors(code_rule.monitor.markers), fenced) is not None
+    assert feed_pieces(build_detectors(code_rule.monitor.markers), "and DONE! now") is not None
+    assert feed_pieces(build_detectors(math_rule.monitor.markers), boxed) is not None
+    assert feed_pieces(build_detectors(math_rule.monitor.markers), fenced) is None

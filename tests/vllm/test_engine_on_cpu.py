@@ -22,7 +22,16 @@ def harness(tmp_path_factory):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
     path = tmp_path_factory.mktemp("tiny_vllm")
     tokenizer = build_model(path)
-    args = AsyncEngineArgs(model=str(path), max_model_len=512, enforce_eager=True, dtype="float32", seed=0)
+    # as verl runs it on the CPU (duet_verl/cpu/overrides.py): whole prefills, which seeded requests need there
+    args = AsyncEngineArgs(
+        model=str(path),
+        max_model_len=512,
+        max_num_batched_tokens=512,
+        enable_chunked_prefill=False,
+        enforce_eager=True,
+        dtype="float32",
+        seed=0,
+    )
     engine = EngineHarness(args)
     yield engine, tokenizer
     engine.close()
