@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick = sub.add_parser("quickstart", help="train a tiny model on CPU with DUET and GRPO and compare them")
     quick.add_argument("--out", default=defaults.out, help="output directory (summary.json, plot, logs)")
     quick.add_argument("--steps", type=int, default=defaults.steps, help="training steps per policy")
-    quick.add_argument("--task", default=",".join(defaults.tasks), help="comma-separated tasks: arith,search")
+    quick.add_argument("--task", default=",".join(defaults.tasks), help="comma-separated tasks: arith,search,copy")
     quick.add_argument(
         "--policies",
         default=",".join(defaults.policies),

@@ -67,7 +67,7 @@ class QuickstartConfig:
 
     out: str = "duet_quickstart"
     steps: int = 16
-    tasks: list[str] = field(default_factory=lambda: ["arith", "search"])
+    tasks: list[str] = field(default_factory=lambda: ["arith", "search", "copy"])
     policies: list[str] = field(default_factory=lambda: ["grpo@1.0", "duet@0.5", "grpo@0.5"])
     seed: int = 0
     seeds: int = 1  # paired seeds seed, seed+1, ...: 1 is a demo; N >= 2 gives means, 95 % intervals, paired diffs

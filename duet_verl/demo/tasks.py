@@ -1,10 +1,12 @@
 """Synthetic verifiable tasks for CPU runs: prompts, worked solutions, verl parquet files and the reward.
 
-Two families with heterogeneous difficulty and solution length, answers in ``\\boxed{...}``:
+Three families with heterogeneous difficulty and solution length, answers in ``\\boxed{...}``:
 
 * ``arith`` — add or subtract numbers of 1–2 digits; the worked solution goes digit by digit.
 * ``search`` — find ``x`` in ``0..N`` with ``a*x+b=c``; the worked solution tries candidates in order,
   so its length grows with the answer.
+* ``copy`` — repeat a 3–4 digit number: short and, after the warm start, too easy (every rollout right, so a
+  GRPO group carries no gradient), the counterpart of the problems the tiny model never solves.
 
 Solutions for the supervised warm start imitate reasoning models' habits: most end right after the
 boxed answer, some keep talking after it, a few never reach one. Plug in your own task with any verl
@@ -74,7 +76,12 @@ def _search(rng: random.Random) -> Problem:
     return Problem("search", f"Find x in 0..8 with {a}*x+{b}={c}.", str(x), solution, 1 + x // 3)
 
 
-TASKS = {"arith": _arith, "search": _search}
+def _copy(rng: random.Random) -> Problem:
+    number = rng.randrange(100, 10_000)
+    return Problem("copy", f"Repeat {number}.", str(number), f"The number is {number}. \\boxed{{{number}}}", 0)
+
+
+TASKS = {"arith": _arith, "search": _search, "copy": _copy}
 _MAX_DRAWS = 10_000  # draws per problem before a task counts as exhausted (search has 360 distinct problems)
 
 

@@ -8,12 +8,14 @@ from duet_verl.demo.tasks import make_problems, make_splits, warm_start_text, wr
 
 
 def test_problems_are_correct_and_reproducible():
-    problems = make_problems(["arith", "search"], 200, seed=3)
-    assert problems == make_problems(["arith", "search"], 200, seed=3)
-    assert {p.task for p in problems} == {"arith", "search"}
+    problems = make_problems(["arith", "search", "copy"], 300, seed=3)
+    assert problems == make_problems(["arith", "search", "copy"], 300, seed=3)
+    assert {p.task for p in problems} == {"arith", "search", "copy"}
     for p in problems:
         assert compute_score("x", p.solution, p.answer)["score"] == 1.0
-        if p.task == "arith":
+        if p.task == "copy":
+            assert p.prompt == f"Repeat {p.answer}." and 100 <= int(p.answer) < 10_000
+        elif p.task == "arith":
             a, op, b = (
                 p.prompt[len("Compute ") : -1].partition("+")
                 if "+" in p.prompt
