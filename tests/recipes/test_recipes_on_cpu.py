@@ -48,9 +48,7 @@ def run_recipe(recipe: str, *overrides: str, dry_run: bool = True, **env: str) -
 
 
 def test_the_recipe_files_are_the_families_plus_the_cpu_one():
-    assert sorted(p.stem for p in (ROOT / "recipes").glob("*.sh")) == sorted(
-        [*FAMILIES, "common", "run_duet_tiny_cpu"]
-    )
+    assert sorted(p.stem for p in (ROOT / "recipes").glob("*.sh")) == sorted([*FAMILIES, "common", "run_duet_tiny_cpu"])
 
 
 @pytest.mark.parametrize(("family", "method", "engine", "budget"), CASES, ids=["-".join(c) for c in CASES])
@@ -97,9 +95,7 @@ def test_dry_run_composes_the_paper_config(tmp_path, family, method, engine, bud
 
 def test_the_environment_picks_group_size_val_sets_and_checkpoint_dir(tmp_path):
     dump = tmp_path / "config.yaml"
-    env = dict(
-        METHOD="grpo", BUDGET="0.5", GROUP="16", VAL_SETS="math500 aime2024", CKPT_DIR="/ckpt", EXPERIMENT="x"
-    )
+    env = dict(METHOD="grpo", BUDGET="0.5", GROUP="16", VAL_SETS="math500 aime2024", CKPT_DIR="/ckpt", EXPERIMENT="x")
     out = run_recipe("qwen3_1p7b", "trainer.test_freq=7", DATA_DIR=str(tmp_path), DRY_RUN_CONFIG=str(dump), **env)
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = OmegaConf.load(dump)
