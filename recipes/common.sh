@@ -11,8 +11,9 @@
 #   NNODES, NGPUS_PER_NODE   Ray cluster size (recipes/multinode.md for more than one node) [1, 8]
 #   DATA_DIR        what `duet-verl prepare-data` wrote                                    [$HOME/data/duet]
 #   VAL_SETS        test sets validated on (files $DATA_DIR/<name>.parquet)    [math500 aime2024 gsm8k humaneval gpqa_diamond]
-#   MODEL, GROUP (G), EPOCHS, TEST_FREQ, SAVE_FREQ, ROLLOUT_TP, MEGATRON_TP, MEGATRON_PP, CKPT_DIR, PROJECT,
-#   EXPERIMENT, LOGGER, REWARD_FILE, PYTHON
+#   CKPT_DIR        checkpoints and metrics.jsonl go to $CKPT_DIR/$PROJECT/$EXPERIMENT      [$PWD/checkpoints]
+#   MODEL, GROUP (G), EPOCHS, TEST_FREQ, SAVE_FREQ, ROLLOUT_TP, MEGATRON_TP, MEGATRON_PP, PROJECT, EXPERIMENT,
+#   LOGGER ([console,file]; add wandb with WANDB_API_KEY set), TRAIN_FILE, REWARD_FILE, PYTHON
 #   DRY_RUN=1       compose the full config and run DUET's and verl's checks, then exit 0 (no GPU, no data needed);
 #                   DRY_RUN_CONFIG=FILE also saves the resolved config there.
 # Extra arguments are hydra overrides appended last (they win).
@@ -38,7 +39,7 @@ MEGATRON_PP=${MEGATRON_PP:-1}
 DATA_DIR=${DATA_DIR:-$HOME/data/duet}
 VAL_SETS=${VAL_SETS:-math500 aime2024 gsm8k humaneval gpqa_diamond}
 PROJECT=${PROJECT:-duet_verl}
-CKPT_DIR=${CKPT_DIR:-checkpoints}
+CKPT_DIR=${CKPT_DIR:-$PWD/checkpoints}
 LOGGER=${LOGGER:-[console,file]}
 : "${MODEL:?the family script sets MODEL}"
 
@@ -70,6 +71,10 @@ if [[ ${DRY_RUN:-0} != 1 ]]; then
   done
 fi
 EXPERIMENT=${EXPERIMENT:-${METHOD}_b${BUDGET}_${ENGINE}_$(basename "$MODEL")}
+# checkpoints (global_step_N/, with DUET's duet_state.json) and verl's file-logger metrics.jsonl, which
+# `duet-verl report $RUN_DIR` plots; on several nodes CKPT_DIR must be on a filesystem every node sees
+RUN_DIR=$CKPT_DIR/$PROJECT/$EXPERIMENT
+[[ ${DRY_RUN:-0} == 1 ]] || mkdir -p "$RUN_DIR"
 
 DATA=(
   data.train_files="'$TRAIN_FILE'" "data.val_files=[$(IFS=,; echo "${VAL_FILES[*]}")]"
@@ -104,7 +109,8 @@ TRAINER=(
   trainer.logger="$LOGGER" trainer.project_name="$PROJECT" trainer.experiment_name="$EXPERIMENT"
   trainer.nnodes="$NNODES" trainer.n_gpus_per_node="$NGPUS_PER_NODE" trainer.total_epochs="$EPOCHS"
   trainer.save_freq="$SAVE_FREQ" trainer.test_freq="$TEST_FREQ" trainer.val_before_train=True
-  trainer.default_local_dir="$CKPT_DIR/$PROJECT/$EXPERIMENT"
+  trainer.default_local_dir="$RUN_DIR"
+  +ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH="$RUN_DIR/metrics.jsonl"
 )
 # The cosine schedule is optim.lr_scheduler_type in verl 0.9.1's FSDP optimizer schema, lr_decay_style in Megatron's.
 case "$ENGINE" in

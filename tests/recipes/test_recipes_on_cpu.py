@@ -102,6 +102,7 @@ def test_the_environment_picks_group_size_val_sets_and_checkpoint_dir(tmp_path):
     assert cfg.actor_rollout_ref.rollout.n == 8  # round(0.5 * 16)
     assert list(cfg.data.val_files) == [f"{tmp_path}/math500.parquet", f"{tmp_path}/aime2024.parquet"]
     assert cfg.trainer.default_local_dir == "/ckpt/duet_verl/x" and cfg.trainer.test_freq == 7  # caller's override wins
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH == "/ckpt/duet_verl/x/metrics.jsonl"
 
 
 @pytest.mark.parametrize(
