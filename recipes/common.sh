@@ -10,7 +10,8 @@
 #   ENGINE          fsdp | megatron (verl's training engine; the rollout is vLLM either way) [fsdp]
 #   NNODES, NGPUS_PER_NODE   Ray cluster size (recipes/multinode.md for more than one node) [1, 8]
 #   DATA_DIR        what `duet-verl prepare-data` wrote                                    [$HOME/data/duet]
-#   VAL_SETS        test sets validated on (files $DATA_DIR/<name>.parquet)    [math500 aime2024 gsm8k humaneval gpqa_diamond]
+#   VAL_SETS        test sets validated on, files $DATA_DIR/<name>.parquet
+#                                                         [math500 aime2024 gsm8k humaneval gpqa_diamond]
 #   CKPT_DIR        checkpoints and metrics.jsonl go to $CKPT_DIR/$PROJECT/$EXPERIMENT      [$PWD/checkpoints]
 #   MODEL, GROUP (G), EPOCHS, TEST_FREQ, SAVE_FREQ, ROLLOUT_TP, MEGATRON_TP, MEGATRON_PP, PROJECT, EXPERIMENT,
 #   LOGGER ([console,file]; add wandb with WANDB_API_KEY set), TRAIN_FILE, REWARD_FILE, PYTHON
@@ -64,10 +65,12 @@ VAL_FILES=()
 for name in $VAL_SETS; do VAL_FILES+=("'$DATA_DIR/$name.parquet'"); done
 (( ${#VAL_FILES[@]} > 0 )) || recipe_fail "VAL_SETS is empty: name at least one test set"
 # verl's custom-reward entry point of the installed package: compute_score, dispatching on data_source
-REWARD_FILE=${REWARD_FILE:-$("$PYTHON" -c 'import duet_verl, os; print(os.path.dirname(duet_verl.__file__))')/verifiers/__init__.py}
+PACKAGE_DIR=$("$PYTHON" -c 'import duet_verl, os; print(os.path.dirname(duet_verl.__file__))') \
+  || recipe_fail "PYTHON=$PYTHON cannot import duet_verl"
+REWARD_FILE=${REWARD_FILE:-$PACKAGE_DIR/verifiers/__init__.py}
 if [[ ${DRY_RUN:-0} != 1 ]]; then
   for file in "$TRAIN_FILE" "${VAL_FILES[@]//\'/}" "$REWARD_FILE"; do
-    [[ -f $file ]] || recipe_fail "$file is missing: run \`duet-verl prepare-data --out $DATA_DIR\` (or set DATA_DIR)"
+    [[ -f $file ]] || recipe_fail "$file is missing: \`duet-verl prepare-data\` writes the data (DATA_DIR=$DATA_DIR)"
   done
 fi
 EXPERIMENT=${EXPERIMENT:-${METHOD}_b${BUDGET}_${ENGINE}_$(basename "$MODEL")}
@@ -141,7 +144,8 @@ case "$METHOD" in
     ;;
   dapo)
     # DAPO's dynamic sampling as verl 0.9.1 configures it: drop groups whose rewards are all equal, generate more
-    # batches (at most 10 per step) until the step is full. DUET refuses this filter (duet_verl/adapters/config_check.py).
+    # batches (at most 10 per step) until the step is full. DUET refuses this filter
+    # (duet_verl/adapters/config_check.py).
     METHOD_ARGS=(
       duet.enable=false algorithm.adv_estimator=grpo actor_rollout_ref.rollout.n="$N_BASELINE"
       algorithm.filter_groups.enable=true algorithm.filter_groups.metric=reward
