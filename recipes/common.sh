@@ -69,9 +69,10 @@ PACKAGE_DIR=$("$PYTHON" -c 'import duet_verl, os; print(os.path.dirname(duet_ver
   || recipe_fail "PYTHON=$PYTHON cannot import duet_verl"
 REWARD_FILE=${REWARD_FILE:-$PACKAGE_DIR/verifiers/__init__.py}
 if [[ ${DRY_RUN:-0} != 1 ]]; then
-  for file in "$TRAIN_FILE" "${VAL_FILES[@]//\'/}" "$REWARD_FILE"; do
+  for file in "$TRAIN_FILE" "${VAL_FILES[@]//\'/}"; do
     [[ -f $file ]] || recipe_fail "$file is missing: \`duet-verl prepare-data\` writes the data (DATA_DIR=$DATA_DIR)"
   done
+  [[ -f $REWARD_FILE ]] || recipe_fail "REWARD_FILE=$REWARD_FILE is missing: the verifiers of duet_verl (compute_score)"
 fi
 EXPERIMENT=${EXPERIMENT:-${METHOD}_b${BUDGET}_${ENGINE}_$(basename "$MODEL")}
 # checkpoints (global_step_N/, with DUET's duet_state.json) and verl's file-logger metrics.jsonl, which

@@ -135,3 +135,11 @@ def test_a_real_run_without_the_prepared_data_stops_before_python_naming_the_fil
     out = run_recipe("qwen3_1p7b", dry_run=False, DATA_DIR=str(tmp_path))
     assert out.returncode == 2
     assert f"{tmp_path}/math_train.parquet is missing" in out.stderr and "prepare-data" in out.stderr
+
+
+def test_a_real_run_without_the_reward_module_stops_naming_it(tmp_path):
+    for name in ("math_train", *VAL_SETS):
+        (tmp_path / f"{name}.parquet").touch()
+    missing = tmp_path / "no_verifiers.py"
+    out = run_recipe("qwen3_1p7b", dry_run=False, DATA_DIR=str(tmp_path), REWARD_FILE=str(missing))
+    assert out.returncode == 2 and f"REWARD_FILE={missing} is missing" in out.stderr, out.stderr[-2000:]
