@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from duet_verl.demo.quickstart import QuickstartConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``duet-verl`` console script."""
-    from duet_verl.demo.quickstart import QuickstartConfig
+    from duet_verl.demo.quickstart import DEVICES, QuickstartConfig
     from duet_verl.tools.bench_vllm import SHAPES, VllmBenchConfig
 
     defaults = QuickstartConfig()
     parser = argparse.ArgumentParser(prog="duet-verl", description="DUET token-budget allocation for verl.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    quick = sub.add_parser("quickstart", help="train a tiny model on CPU with DUET and GRPO and compare them")
+    quick = sub.add_parser("quickstart", help="train a tiny model with DUET and GRPO (CPU by default) and compare them")
     quick.add_argument("--out", default=defaults.out, help="output directory (summary.json, plot, logs)")
     quick.add_argument("--steps", type=int, default=defaults.steps, help="training steps per policy")
     quick.add_argument("--task", default=",".join(defaults.tasks), help="comma-separated tasks: arith,search,copy")
@@ -34,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--group-size", type=int, default=defaults.group_size, help="reference rollouts per prompt G")
     quick.add_argument("--warm-start-steps", type=int, default=defaults.warm_start_steps)
     quick.add_argument("--evals", type=int, default=defaults.evals, help="held-out evaluations during training")
+    quick.add_argument(
+        "--device", choices=DEVICES, default=defaults.device, help="where verl trains and vLLM generates"
+    )
 
     report = sub.add_parser("report", help="plot a run's logged metrics (verl file logger or TensorBoard)")
     report.add_argument("run_dir", help="a run directory (metrics.jsonl, or TensorBoard event files)")
@@ -99,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quickstart_config(args: argparse.Namespace) -> QuickstartConfig:
+    """The :class:`QuickstartConfig` of parsed ``quickstart`` arguments."""
+    from duet_verl.demo.quickstart import QuickstartConfig
+
+    return QuickstartConfig(
+        out=args.out,
+        steps=args.steps,
+        tasks=[t for t in args.task.split(",") if t.strip()],
+        policies=[p for p in args.policies.split(",") if p.strip()],
+        seed=args.seed,
+        seeds=args.seeds,
+        prompts_per_step=args.prompts_per_step,
+        group_size=args.group_size,
+        warm_start_steps=args.warm_start_steps,
+        evals=args.evals,
+        device=args.device,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``duet-verl`` console script."""
     parser = build_parser()
@@ -118,31 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(parser, args)
     if args.command == "quickstart":
-        from duet_verl.demo.quickstart import QuickstartConfig, parse_policy, run_quickstart
+        from duet_verl.demo.quickstart import parse_policy, run_quickstart
 
-        policies = [p for p in args.policies.split(",") if p.strip()]
-        tasks = [t for t in args.task.split(",") if t.strip()]
+        cfg = quickstart_config(args)
         try:
-            for p in policies:
+            for p in cfg.policies:
                 parse_policy(p)
             from duet_verl.demo.tasks import make_problems
 
-            make_problems(tasks, 1, 0)
+            make_problems(cfg.tasks, 1, 0)
         except ValueError as err:
             parser.error(str(err))
         _require_positive(parser, args, "steps", "seeds")
-        cfg = QuickstartConfig(
-            out=args.out,
-            steps=args.steps,
-            tasks=tasks,
-            policies=policies,
-            seed=args.seed,
-            seeds=args.seeds,
-            prompts_per_step=args.prompts_per_step,
-            group_size=args.group_size,
-            warm_start_steps=args.warm_start_steps,
-            evals=args.evals,
-        )
         run_quickstart(cfg)
         return 0
     if args.command == "report":

@@ -2,7 +2,8 @@
 
 The ``duet:`` section (and the verl settings DUET relies on) is validated in the driver before Ray starts;
 a bad value exits with status 2 and a message naming the key. With ``DRY_RUN=1`` in the environment it stops after
-composing the config and running DUET's and verl's checks (no GPU needed), exiting 0: every recipe honours it.
+composing the config and running DUET's and verl's checks (no GPU needed), exiting 0: every recipe honours it;
+``DRY_RUN_CONFIG=FILE`` then also saves the resolved config as YAML in ``FILE``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from duet_verl.adapters.config_check import ConfigError, check_config
 
@@ -37,6 +38,8 @@ def main(config: DictConfig) -> None:
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if dry_run:
         name = config.trainer.experiment_name
+        if os.environ.get("DRY_RUN_CONFIG"):
+            OmegaConf.save(config, os.environ["DRY_RUN_CONFIG"], resolve=True)
         print(f"duet-verl: DRY_RUN=1: {name}: the configuration composes and passes the checks")
         return
     run_ppo(config, task_runner_class=DuetTaskRunner)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent GPU machine (H100/H200): the GPU test suite (DUET's monitor inside vLLM's
-# real AsyncLLM on CUDA) and `duet-verl bench --vllm` on a randomly initialised Qwen3-1.7B-shaped model.
+# The GPU checks, as one script for a lent GPU machine (H100/H200), sized for 8 minutes at most and downloading
+# nothing: the GPU test suite (DUET's monitor inside vLLM's real AsyncLLM on CUDA), `duet-verl bench --vllm` on a
+# randomly initialised Qwen3-1.7B-shaped model, and 2 DUET training steps through verl's V1 trainer with
+# rollout.name=vllm on the quickstart's locally built tiny model (`duet-verl quickstart --device cuda`: the same
+# per-policy overrides as the CPU end-to-end test, with gpu_overrides() in place of cpu_overrides()).
 #
 # Needs vLLM 0.24 importable (a machine installed with `python install.py '.[test]'`, or PYTHONPATH pointing at an
-# unpacked install). Writes its logs to $OUT (default /tmp/gpu_check); the bench's last line is its JSON.
-# Usage: bash scripts/gpu_check.sh [requests] [max_tokens] [rounds]   (sized to finish in under 10 minutes)
+# unpacked install). Writes its logs to $OUT (default /tmp/gpu_check); the bench's last line is its JSON; the
+# training's summary is $OUT/train/summary.json. Ends with one summary line per check.
+# Usage: bash scripts/gpu_check.sh [requests] [max_tokens] [rounds]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -14,18 +18,44 @@ MAX_TOKENS=${2:-256}
 ROUNDS=${3:-3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+unset VERL_PLATFORM  # CUDA: verl's own platform detection
 status=0
+SUMMARY=()
+
+# run NAME SECONDS CMD...: one check under its own time limit, logged to $OUT/NAME.log, its outcome kept for the end
+run() {
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  (( rc == 0 )) || status=1
+  SUMMARY+=("$name: $([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)") in $((SECONDS - start))s")
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 "$PY" -c "import torch, vllm; print('torch', torch.__version__, '| vllm', vllm.__version__)" | tee -a "$OUT/device.txt" \
   || exit 3
 
-echo "== tests/gpu"
-timeout 200 "$PY" -m pytest tests/gpu -o python_files='test_*.py' -p no:cacheprovider -q -x 2>&1 \
-  | tee "$OUT/tests_gpu.log" || status=1
-
-echo "== bench --vllm (qwen3-1.7b shape, $REQUESTS requests x $MAX_TOKENS tokens, $ROUNDS rounds)"
-timeout 300 "$PY" -m duet_verl.cli bench --repeats 10 --vllm --shape qwen3-1.7b \
-  --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --rounds "$ROUNDS" 2>&1 | tee "$OUT/bench_vllm.log" || status=1
+run tests_gpu 120 "$PY" -m pytest tests/gpu -o python_files='test_*.py' -p no:cacheprovider -q -x
+run bench_vllm 180 "$PY" -m duet_verl.cli bench --repeats 10 --vllm --shape qwen3-1.7b \
+  --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --rounds "$ROUNDS"
 tail -n 1 "$OUT/bench_vllm.log" > "$OUT/bench_vllm.json"
+rm -rf "$OUT/train"
+run train_duet_2_steps 180 "$PY" -m duet_verl.cli quickstart --device cuda --out "$OUT/train" --steps 2 \
+  --policies duet@0.5 --warm-start-steps 20 --prompts-per-step 4 --group-size 4 --evals 1
+
+echo "== summary ($(head -n 1 "$OUT/device.txt"))"
+printf '%s\n' "${SUMMARY[@]}"
+echo "bench: $(cat "$OUT/bench_vllm.json")"
+"$PY" - "$OUT/train/summary.json" <<'PY' || status=1
+import json, sys
+try:
+    run = json.load(open(sys.argv[1]))["results"][0]
+except (OSError, ValueError, LookupError) as err:
+    sys.exit(f"train: no summary ({err!r})")
+print(f"train: {run['policy']} {run['steps']} steps, {run['tokens_total']:.0f} tokens, abort rate {run['abort_rate']},"
+      f" score mismatches {run['score_mismatch']}, final accuracy {run['final_accuracy']}, {run['wall_clock_s']:.0f}s")
+sys.exit(0 if run["steps"] == 2 and run["score_mismatch"] == 0 else "train: want 2 logged steps and no score mismatch")
+PY
 exit $status

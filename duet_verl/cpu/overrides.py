@@ -12,11 +12,13 @@ Each line has a reason:
 * Rollouts with verl's vLLM server and DUET's monitor on vLLM's CPU build (:data:`VLLM_CPU` says why each vLLM
   setting); FSDP2 (FSDP1 needs a GPU);
   SDPA attention (flash-attention is CUDA-only); no remove-padding kernels.
+
+:func:`gpu_overrides` runs the same small run on CUDA GPUs (:data:`SMALL_RUN` is what both share).
 """
 
 from __future__ import annotations
 
-__all__ = ["CPU_ENV", "cpu_overrides"]
+__all__ = ["CPU_ENV", "cpu_overrides", "gpu_overrides"]
 
 # The environment a CPU run needs in every process (driver and Ray workers): verl's platform override, which is
 # what turns the plug-in's CPU backend on (it is never chosen from the absence of a GPU).
@@ -36,6 +38,23 @@ VLLM_CPU = [
 ]
 
 
+# What a small single-node run sets on any device: one TransferQueue storage unit, a 0.1 s replay-buffer poll, verl's
+# vLLM server, one rollout replica per trainer process, FSDP2 with SDPA attention and no remove-padding kernels.
+SMALL_RUN = [
+    "trainer.nnodes=1",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+    "+trainer.v1.sampler.poll_interval=0.1",
+    "actor_rollout_ref.rollout.name=vllm",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+    "actor_rollout_ref.rollout.agent.num_workers=1",
+    "actor_rollout_ref.actor.strategy=fsdp2",
+    "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+    "actor_rollout_ref.model.use_remove_padding=False",
+    "data.dataloader_num_workers=0",
+    "data.filter_overlong_prompts=False",
+]
+
+
 def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
     """Overrides for ``python -m duet_verl.main`` on CPU with ``world_size`` trainer processes."""
     return [
@@ -43,17 +62,18 @@ def cpu_overrides(world_size: int = 1, ray_cpus: int = 16) -> list[str]:
         f"++ray_kwargs.ray_init.num_gpus={world_size}",
         f"trainer.n_gpus_per_node={world_size}",
         *(f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}={v}" for k, v in CPU_ENV.items()),
-        "trainer.nnodes=1",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-        "+trainer.v1.sampler.poll_interval=0.1",
-        "actor_rollout_ref.rollout.name=vllm",
+        *SMALL_RUN,
         *VLLM_CPU,
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         "actor_rollout_ref.rollout.gpu_memory_utilization=0.1",
-        "actor_rollout_ref.rollout.agent.num_workers=1",
-        "actor_rollout_ref.actor.strategy=fsdp2",
-        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
-        "actor_rollout_ref.model.use_remove_padding=False",
-        "data.dataloader_num_workers=0",
-        "data.filter_overlong_prompts=False",
+    ]
+
+
+def gpu_overrides(world_size: int = 1) -> list[str]:
+    """The same small run on ``world_size`` CUDA GPUs of one node (``scripts/gpu_check.sh``'s training check): Ray
+    finds the GPUs itself; vLLM skips CUDA-graph capture (a few steps do not repay it) and takes 30 % of each GPU."""
+    return [
+        f"trainer.n_gpus_per_node={world_size}",
+        *SMALL_RUN,
+        "actor_rollout_ref.rollout.enforce_eager=True",
+        "actor_rollout_ref.rollout.gpu_memory_utilization=0.3",
     ]

@@ -32,6 +32,7 @@ __all__ = ["METHODS", "Policy", "QuickstartConfig", "aggregate_runs", "parse_pol
 # sizes the noise; duet: allocation + stop/abort; duet-alloc: allocation only; duet-stop: stop/abort only.
 METHODS = ("grpo", "grpo-aa", "duet", "duet-alloc", "duet-stop")
 AA_SEED_OFFSET = 1000
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class QuickstartConfig:
     hidden: int = 128  # 4 heads of 32: vLLM's CPU attention needs a head size of 32 or more
     layers: int = 3
     lr: float = 2e-4
+    device: str = "cpu"  # cpu | cuda: where verl trains and vLLM generates (DEVICES)
 
 
 def _log(message: str) -> None:
@@ -147,9 +149,17 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     return paths
 
 
+def device_overrides(device: str) -> list[str]:
+    """The runtime overrides of a quickstart-sized run on ``device`` (one of :data:`DEVICES`)."""
+    from duet_verl.cpu.overrides import cpu_overrides, gpu_overrides
+
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    return cpu_overrides() if device == "cpu" else gpu_overrides()
+
+
 def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run_dir: Path) -> list[str]:
-    """Hydra overrides of one policy's run (CPU settings included)."""
-    from duet_verl.cpu.overrides import cpu_overrides
+    """Hydra overrides of one policy's run (the device's runtime settings included)."""
     from duet_verl.demo.reward import __file__ as reward_file
 
     grpo = policy.method.startswith("grpo")
@@ -192,7 +202,7 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
         f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir / 'metrics.jsonl'}",
         f"duet.seed={seed}",
-        *cpu_overrides(),
+        *device_overrides(cfg.device),
     ]
     if grpo:
         return [*common, "duet.enable=false", "algorithm.adv_estimator=grpo"]
@@ -272,7 +282,10 @@ def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run
     seen = 0
     with open(run_dir / "train.log", "w") as log:
         proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_DEDUP_LOGS": "0", **CPU_ENV}
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_DEDUP_LOGS": "0", **(CPU_ENV if cfg.device == "cpu" else {})},
         )
         while proc.poll() is None:
             time.sleep(2)
