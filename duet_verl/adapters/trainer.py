@@ -164,7 +164,7 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         tu.assign_non_tensor_stack(batch, "__rollout_n__", [int(n) for n in plan.n])
         tu.assign_non_tensor_stack(batch, "duet_p_pre", [float(p) for p in plan.p_pre])
         tu.assign_non_tensor_stack(batch, "duet_prompt_id", ids)
-        if self.duet_settings.stop.enable:
+        if plan.monitored:  # the policy runs the stop/abort monitor (DUET with duet.stop.enable)
             tu.assign_non_tensor_stack(batch, RULE_COLUMN, [rule.to_dict() for rule in plan.stop_rules])
         self._plan_seconds = time.perf_counter() - start
         return batch

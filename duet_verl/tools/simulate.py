@@ -121,7 +121,7 @@ def _draw_rollouts(
     length = natural.copy()
     outcome = np.where(natural >= cap, Outcome.LENGTH_CAP.value, Outcome.NATURAL_EOS.value).astype(object)
     reward = correct.astype(np.float64)
-    if ctl is not None and ctl.settings.stop.enable:
+    if ctl is not None and ctl.monitors:
         stop = ctl.settings.stop
         k1, k2 = ctl.gates.k1, ctl.gates.k2
         deadline = k2 + stop.grace
