@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--policies",
         default=",".join(sim_defaults.policies),
-        help="comma-separated grpo@B, duet@B (default settings + --duet) or duet-old@B (settings before issue 11)",
+        help="comma-separated grpo@B, duet@B (default settings + --duet), duet-old@B (settings before issue 11), "
+        "or the baselines uniform@B, greso@B, vip@B (duet.policy; + --duet)",
     )
-    sim.add_argument("--duet", default="{}", help="JSON overrides of the duet: section for the duet@B policies")
+    sim.add_argument("--duet", default="{}", help="JSON overrides of the duet: section for every duet.policy run")
     return parser
 
 

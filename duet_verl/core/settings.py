@@ -261,12 +261,13 @@ class GresoSettings:
 class VipSettings:
     """``duet.policy=vip`` (arXiv 2602.01601): rollouts per prompt in ``[min_fraction·G, max_fraction·G]`` (the
     paper's ``[4, 16]`` at ``G = 16``); the GP is fitted on the last ``window`` observations once it has
-    ``min_points``."""
+    ``min_points``, its hyper-parameters re-optimised every ``refit_every`` fits."""
 
     min_fraction: float = _VIP["min_fraction"]
     max_fraction: float = _VIP["max_fraction"]
     window: int = _VIP["window"]
     min_points: int = _VIP["min_points"]
+    refit_every: int = _VIP["refit_every"]
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~duet_verl.core.policies.vip.VipPolicy` (without the bounds)."""

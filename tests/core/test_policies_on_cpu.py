@@ -59,6 +59,7 @@ def test_registry_names_and_only_duet_monitors():
         ({"vip": {"min_fraction": 0}}, "duet.vip.min_fraction"),
         ({"vip": {"max_fraction": 0.1}}, "duet.vip.min_fraction"),
         ({"vip": {"window": 0}}, "duet.vip.window"),
+        ({"vip": {"refit_every": 0}}, "duet.vip.refit_every"),
         ({"vip": {"min_points": 1000}}, "duet.vip.min_points"),
         ({"vip": {"bogus": 1}}, "duet.vip.bogus"),
     ],
