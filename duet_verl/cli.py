@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--policies",
         default=",".join(defaults.policies),
         help="comma-separated method@budget, methods: grpo, grpo-aa (A/A arm: GRPO on other seeds), duet, "
-        "duet-alloc (allocation only), duet-stop (stop/abort only)",
+        "duet-alloc (allocation only), duet-stop (stop/abort only), and the baselines uniform, greso, vip "
+        "(duet.policy)",
     )
     quick.add_argument("--seed", type=int, default=defaults.seed)
     quick.add_argument(
