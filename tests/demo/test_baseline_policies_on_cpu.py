@@ -10,7 +10,8 @@ from duet_verl.demo.quickstart import BASELINES, METHODS, QuickstartConfig, pars
 def test_baselines_map_to_duet_policy_overrides(method, tmp_path):
     assert method in METHODS and method in POLICIES
     cfg = QuickstartConfig(group_size=8)
-    overrides = policy_overrides(parse_policy(f"{method}@0.25"), cfg, {"model": "m", "train": "t", "val": "v"}, tmp_path)
+    paths = {"model": "m", "train": "t", "val": "v"}
+    overrides = policy_overrides(parse_policy(f"{method}@0.25"), cfg, paths, tmp_path)
     assert f"duet.policy={method}" in overrides and "duet.budget=0.25" in overrides and "duet.enable=true" in overrides
     assert "actor_rollout_ref.rollout.n=8" in overrides  # the policy, not verl's n, sets the rollouts per prompt
     assert not any(o.startswith("duet.stop.") or o.startswith("duet.allocate") for o in overrides)
