@@ -1,7 +1,8 @@
 """The per-step DUET loop without any framework: plan a batch before rollout, learn from it afterwards.
 
-:class:`DuetController` owns the surrogate and the K1/K2 gates. ``plan`` turns a batch of prompt ids
-(and optional cold-start features) into rollout counts, propensities and per-prompt stop rules;
+:class:`DuetController` owns the surrogate, the K1/K2 gates and the run's budget policy (``duet.policy``:
+DUET or a baseline, ``core/policies``). ``plan`` turns a batch of prompt ids (and optional cold-start features) into
+the policy's rollout counts and propensities under the shared token budget, and per-prompt stop rules;
 ``advantage`` weights and masks the step's GRPO advantage; ``observe`` folds the step's rollouts back in
 and returns every ``duet/*`` metric of the step. Its ``state_dict`` is all a checkpoint needs to continue
 identically; loading one restores learned state only (the current settings win).
