@@ -40,7 +40,10 @@ def test_baseline_trains_through_verl(method, assets, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "duet_verl.main", *overrides], capture_output=True, text=True, timeout=600
     )
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    log = proc.stdout + proc.stderr
+    (run_dir / "main.log").write_text(log)  # the whole output: Ray actors' errors can sit far from the end
+    problems = [line for line in log.splitlines() if any(w in line for w in ("Error", "Traceback", "killed"))]
+    assert proc.returncode == 0, ("\n".join(problems[-20:]), proc.stderr[-2000:])
     rows = [json.loads(line) for line in Path(run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r["data"] for r in rows if "duet/tokens_generated" in r["data"]]
     assert len(steps) == 2
