@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--policies",
         default=",".join(defaults.policies),
         help="comma-separated method@budget, methods: grpo, grpo-aa (A/A arm: GRPO on other seeds), duet, "
-        "duet-alloc (allocation only), duet-stop (stop/abort only)",
+        "duet-alloc (allocation only), duet-stop (stop/abort only), and the baselines uniform, greso, vip "
+        "(duet.policy)",
     )
     quick.add_argument("--seed", type=int, default=defaults.seed)
     quick.add_argument(
@@ -91,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--policies",
         default=",".join(sim_defaults.policies),
-        help="comma-separated grpo@B, duet@B (default settings + --duet) or duet-old@B (settings before issue 11)",
+        help="comma-separated grpo@B, duet@B (default settings + --duet), duet-old@B (settings before issue 11), "
+        "or the baselines uniform@B, greso@B, vip@B (duet.policy; + --duet)",
     )
-    sim.add_argument("--duet", default="{}", help="JSON overrides of the duet: section for the duet@B policies")
+    sim.add_argument("--duet", default="{}", help="JSON overrides of the duet: section for every duet.policy run")
 
     data = sub.add_parser(
         "prepare-data", help="write the benchmark datasets as verl parquet files; last line is a JSON summary"

@@ -6,6 +6,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from duet_verl.core.policies import POLICIES
 from duet_verl.core.settings import DuetSettings
 from duet_verl.cpu.platform import cpu_platform_wanted
 
@@ -71,18 +72,19 @@ def check_config(config: DictConfig) -> None:
     if algorithm.get("use_kl_in_reward", False):
         raise ConfigError("algorithm.use_kl_in_reward is not supported with duet_grpo; use actor.use_kl_loss")
     rollout = config.actor_rollout_ref.rollout
-    if settings.stop.enable and rollout.agent.default_agent_loop != DUET_AGENT_LOOP:
+    monitors = settings.stop.enable and POLICIES[settings.policy].monitors  # the stop/abort rule runs in rollout
+    if monitors and rollout.agent.default_agent_loop != DUET_AGENT_LOOP:
         raise ConfigError(
             f"actor_rollout_ref.rollout.agent.default_agent_loop must be '{DUET_AGENT_LOOP}' when duet.stop.enable=true"
         )
-    if settings.stop.enable and rollout.get("enable_rollout_routing_replay", False):
+    if monitors and rollout.get("enable_rollout_routing_replay", False):
         raise ConfigError(
             "actor_rollout_ref.rollout.enable_rollout_routing_replay=true cannot be combined with "
             "duet.stop.enable=true: a stopped rollout ends with an end-of-turn token the engine never routed, "
             "and a cut rollout's recorded experts no longer match its tokens; set duet.stop.enable=false "
             "(allocation only) or turn routing replay off"
         )
-    if settings.stop.enable and rollout.name != "vllm":
+    if monitors and rollout.name != "vllm":
         raise ConfigError(f"actor_rollout_ref.rollout.name={rollout.name!r}: DUET's stop rule runs in 'vllm'")
     if not config.actor_rollout_ref.actor.get("use_dynamic_bsz", False):
         logger.warning(

@@ -178,7 +178,7 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         tu.assign_non_tensor_stack(batch, "__rollout_n__", [int(n) for n in plan.n])
         tu.assign_non_tensor_stack(batch, "duet_p_pre", [float(p) for p in plan.p_pre])
         tu.assign_non_tensor_stack(batch, "duet_prompt_id", ids)
-        if self.duet_settings.stop.enable:
+        if plan.monitored:  # the policy runs the stop/abort monitor (DUET with duet.stop.enable)
             rules = plan.stop_rules
             if self.duet_settings.stop.markers_by_data_source and "data_source" in batch.keys():
                 rules = rules_following_data_sources(rules, tu.get(batch, "data_source"))

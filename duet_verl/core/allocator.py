@@ -46,6 +46,7 @@ __all__ = [
     "allocate_rollouts",
     "check_allocation_options",
     "check_measurement_options",
+    "even_allocation",
     "free_counts",
     "measurement_floor",
     "token_budget",
@@ -197,6 +198,36 @@ def uniform_allocation(expected_lengths: np.ndarray, budget: float, count: int, 
         spent=spent,
         budget_error=(float(budget) - spent) / float(budget),
         frac_at_min=float(np.mean(n == n_min)),
+        frac_at_max=float(np.mean(n == n_max)),
+        bisection_steps=0,
+    )
+
+
+def even_allocation(expected_lengths: np.ndarray, budget: float, active: np.ndarray, n_max: int) -> Allocation:
+    """Spend ``budget`` evenly on the ``active`` prompts, none on the others (``n = 0``), propensity 1: each active
+    prompt gets the largest common count ``k <= n_max`` that fits, then the tokens left add one rollout at a time to
+    active prompts in batch order (first fit) while any fits. ``spent <= budget`` always; if no prompt is active
+    nothing is spent. ``frac_at_min`` is the share of prompts given no rollout."""
+    lengths = np.asarray(expected_lengths, dtype=np.float64)
+    on = np.asarray(active, dtype=bool)
+    _check_positive_int("n_max", n_max)
+    n = np.zeros(lengths.shape, dtype=np.int64)
+    active_cost = float(lengths[on].sum())
+    if active_cost > 0:
+        n[on] = min(int(n_max), int(np.floor(float(budget) / active_cost)))
+        for q in np.flatnonzero(on & (n < n_max)):
+            n[q] += 1
+            if float(n @ lengths) > budget:  # the spend as reported, so the check and the report agree exactly
+                n[q] -= 1
+    spent = float(n @ lengths)
+    return Allocation(
+        n=n,
+        p_pre=np.ones(lengths.shape),
+        lam=0.0,
+        budget=float(budget),
+        spent=spent,
+        budget_error=(float(budget) - spent) / float(budget),
+        frac_at_min=float(np.mean(n == 0)),
         frac_at_max=float(np.mean(n == n_max)),
         bisection_steps=0,
     )

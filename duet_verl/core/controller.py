@@ -1,7 +1,8 @@
 """The per-step DUET loop without any framework: plan a batch before rollout, learn from it afterwards.
 
-:class:`DuetController` owns the surrogate and the K1/K2 gates. ``plan`` turns a batch of prompt ids
-(and optional cold-start features) into rollout counts, propensities and per-prompt stop rules;
+:class:`DuetController` owns the surrogate, the K1/K2 gates and the run's budget policy (``duet.policy``:
+DUET or a baseline, ``core/policies``). ``plan`` turns a batch of prompt ids (and optional cold-start features) into
+the policy's rollout counts and propensities under the shared token budget, and per-prompt stop rules;
 ``advantage`` weights and masks the step's GRPO advantage; ``observe`` folds the step's rollouts back in
 and returns every ``duet/*`` metric of the step. Its ``state_dict`` is all a checkpoint needs to continue
 identically; loading one restores learned state only (the current settings win).
@@ -11,23 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from duet_verl.core.advantage import WeightedAdvantage, duet_advantage
-from duet_verl.core.allocator import (
-    Allocation,
-    allocate_rollouts,
-    free_counts,
-    measurement_floor,
-    token_budget,
-    uniform_allocation,
-)
+from duet_verl.core.allocator import Allocation, token_budget
 from duet_verl.core.gates import GateEstimator, stop_thresholds
 from duet_verl.core.monitor import Outcome
+from duet_verl.core.policies import AllocationRequest, build_policy
 from duet_verl.core.protocol import PromptStopRule, RolloutReport
 from duet_verl.core.settings import DuetSettings
 from duet_verl.core.surrogate import PromptSurrogate, group_signal_std, pearson, signal_advantages
@@ -55,6 +50,12 @@ class StepPlan:
     stop_rules: list[PromptStopRule | None]  # per prompt; None when stopping is disabled
     reprobed: np.ndarray | None = None  # bool (M,): the measurement floor bound and came from the re-probe draw
     floor_dropped: bool = False  # the budget could not give every drawn prompt the measurement floor
+    policy_metrics: dict[str, float] = field(default_factory=dict)  # the budget policy's own plan metrics
+
+    @property
+    def monitored(self) -> bool:
+        """Whether any prompt carries a stop rule (the stop/abort monitor runs during rollout)."""
+        return any(rule is not None for rule in self.stop_rules)
 
     @property
     def n(self) -> np.ndarray:
@@ -85,6 +86,7 @@ class StepPlan:
             "duet/frac_n_ge_2": float(np.mean(n >= 2)),
             "duet/reprobed_fraction": float(self.reprobed.mean()) if self.reprobed is not None else 0.0,
             "duet/floor_dropped": float(self.floor_dropped),
+            **self.policy_metrics,
         }
 
 
@@ -116,9 +118,15 @@ class DuetController:
         else:
             self.surrogate = PromptSurrogate(num_features=num_features, **kwargs)
         self.gates = GateEstimator(cap=response_cap, **asdict(settings.gates))
+        self.policy = build_policy(self.settings, group_size)
         self.last_plan: StepPlan | None = None
         self._features: dict[str, np.ndarray] = {}
         self._advantage_metrics: dict[str, float] = {}
+
+    @property
+    def monitors(self) -> bool:
+        """Whether this run's rollouts carry stop rules: the policy runs the monitor and ``duet.stop.enable``."""
+        return self.policy.monitors and self.settings.stop.enable
 
     @property
     def num_features(self) -> int:
@@ -131,44 +139,29 @@ class DuetController:
         pred = self.surrogate.predict(ids, features)
         s = self.settings
         budget = token_budget(pred.lengths, self.group_size, s.budget)
-        floor = min(s.explore.floor, s.n_max)
-        lower, drawn = measurement_floor(ids, int(step), s.seed, s.n_min, floor, s.explore.reprobe)
-        floor_dropped = float(lower @ pred.lengths) > budget
-        if floor_dropped:  # the budget cannot give every drawn prompt the floor (b * G below it): n_min
-            lower = None
-        if not s.allocate:  # stop/abort only: GRPO's round(b * G) rollouts for every prompt, no floor
-            count = max(1, round(s.budget * self.group_size))
-            alloc = uniform_allocation(pred.lengths, budget, count, s.n_min, s.n_max)
-            lower, floor_dropped = None, False
-        else:
-            alloc = allocate_rollouts(
-                pred.scores,
-                pred.lengths,
-                budget,
-                s.n_min,
-                s.n_max,
-                s.eps_pre,
-                s.cap_propensity,
-                lower=lower,
-                length_cost=s.length_cost,
-            )
-        reprobed = None
-        if lower is not None and s.explore.reprobe < 1.0:
-            free = free_counts(pred.scores, pred.lengths, alloc.lam, s.n_min, s.n_max, s.length_cost)
-            reprobed = drawn & (free < floor) & (alloc.n >= floor)
-            p_pre = np.where(reprobed, alloc.p_pre * s.explore.reprobe, alloc.p_pre)
-            alloc = replace(alloc, p_pre=np.clip(p_pre, s.eps_pre, 1.0 if s.cap_propensity else None))
+        request = AllocationRequest(ids, int(step), pred.scores, pred.lengths, budget, self.group_size, features)
+        chosen = self.policy.allocate(request)
         stop = s.stop
         thresholds = stop_thresholds(
             pred.scores, pred.lengths, stop.threshold_mode, stop.threshold_low, stop.threshold_high
         )
         rules: list[PromptStopRule | None] = [None] * len(ids)
-        if stop.enable:
+        if self.monitors:
             rules = [stop.prompt_rule(self.gates.k1, self.gates.k2, float(t), s.seed, int(step)) for t in thresholds]
         if features is not None:
             self._features.update(zip(ids, np.asarray(features, dtype=np.float64), strict=True))
         self.last_plan = StepPlan(
-            step, ids, alloc, pred.scores, pred.lengths, pred.cold, thresholds, rules, reprobed, floor_dropped
+            step,
+            ids,
+            chosen.allocation,
+            pred.scores,
+            pred.lengths,
+            pred.cold,
+            thresholds,
+            rules,
+            chosen.reprobed,
+            chosen.floor_dropped,
+            chosen.metrics,
         )
         return self.last_plan
 
@@ -231,6 +224,7 @@ class DuetController:
         self.surrogate.update(unique, sigma_arr, [kept_lengths[p] for p in unique], features=feats, rewards=rewards)
         self.gates.observe(lengths, censored=~kept)
         gates_updated = self.gates.step()
+        policy_metrics = self.policy.observe(unique, rewards, planned.step if planned else -1) if rewards else {}
         observed = sigma_arr  # what the score predicts: sigma_t, or for pass_rate the group's reward variance
         if self.settings.surrogate.signal == "pass_rate":
             observed = np.array(
@@ -239,7 +233,7 @@ class DuetController:
                 else np.full(len(unique), np.nan)
             )
         both = np.isfinite(observed) & np.isfinite(predicted)
-        metrics = {**(planned.metrics() if planned else {}), **self._advantage_metrics}
+        metrics = {**(planned.metrics() if planned else {}), **self._advantage_metrics, **policy_metrics}
         budget = metrics.get("duet/budget_tokens", float("nan"))
         metrics.update(
             {
@@ -276,7 +270,12 @@ class DuetController:
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (plain Python)."""
-        return {"version": 1, "surrogate": self.surrogate.state_dict(), "gates": self.gates.state_dict()}
+        return {
+            "version": 1,
+            "surrogate": self.surrogate.state_dict(),
+            "gates": self.gates.state_dict(),
+            "policy": {"name": self.policy.name, "state": self.policy.state_dict()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Restore the learned state of :meth:`state_dict` output; the current settings win. Returns (and logs)
@@ -285,6 +284,12 @@ class DuetController:
             raise ValueError(f"unsupported DUET state version {state.get('version')!r}")
         changed = self.surrogate.load_state_dict(state["surrogate"])
         self.gates.load_state_dict(state["gates"])
+        saved = state.get("policy", {"name": "duet", "state": {}})  # states before the policies were DUET's
+        if saved["name"] == self.policy.name:
+            self.policy.load_state_dict(saved["state"])
+        else:
+            logger.warning(f"DUET resume: the checkpoint's policy {saved['name']!r} is not this run's")
+            changed = {**changed, "policy": (saved["name"], self.policy.name)}
         for name, (saved, current) in changed.items():
             logger.warning(f"DUET resume: surrogate setting {name} was {saved!r} in the checkpoint, now {current!r}")
         return changed

@@ -26,10 +26,22 @@ from duet_verl.core.allocator import (
 from duet_verl.core.gates import GateEstimator, check_threshold_options, stop_thresholds
 from duet_verl.core.markers import MarkerSpec
 from duet_verl.core.monitor import StopRuleConfig
+from duet_verl.core.policies import check_policy_name
+from duet_verl.core.policies.greso import GresoPolicy
+from duet_verl.core.policies.vip import VipPolicy, vip_bounds
 from duet_verl.core.protocol import PromptStopRule
 from duet_verl.core.surrogate import PromptSurrogate, check_sigma_source, signal_advantages
 
-__all__ = ["DuetSettings", "ExploreSettings", "GateSettings", "StopSettings", "SurrogateSettings", "WeightSettings"]
+__all__ = [
+    "DuetSettings",
+    "ExploreSettings",
+    "GateSettings",
+    "GresoSettings",
+    "StopSettings",
+    "SurrogateSettings",
+    "VipSettings",
+    "WeightSettings",
+]
 
 
 def _defaults(target: Callable) -> dict[str, Any]:
@@ -62,6 +74,8 @@ _SURROGATE = _defaults(PromptSurrogate)
 _WEIGHTS = _defaults(duet_advantage)
 _EXPLORE = _defaults(measurement_floor)
 _SIGMA_FROM = _defaults(signal_advantages)["sigma_from"]
+_GRESO = _defaults(GresoPolicy)
+_VIP = _defaults(VipPolicy)
 
 
 @dataclass(frozen=True)
@@ -224,10 +238,58 @@ class WeightSettings:
 
 
 @dataclass(frozen=True)
+class GresoSettings:
+    """``duet.policy=greso`` (arXiv 2506.02177): a prompt whose last ``z`` groups were all correct (all wrong) is
+    rolled out with probability ``p_easy**z`` (``p_hard**z``); both move by ``adjust_step`` per step, within
+    ``[min_explore, 1]``, so that the share of zero-variance groups tracks ``target_zero_variance``."""
+
+    p_easy: float = _GRESO["p_easy"]
+    p_hard: float = _GRESO["p_hard"]
+    target_zero_variance: float = _GRESO["target_zero_variance"]
+    adjust_step: float = _GRESO["adjust_step"]
+    min_explore: float = _GRESO["min_explore"]
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~duet_verl.core.policies.greso.GresoPolicy`."""
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad key."""
+        _relabel("greso.", lambda: GresoPolicy(**self.kwargs()))
+
+
+@dataclass(frozen=True)
+class VipSettings:
+    """``duet.policy=vip`` (arXiv 2602.01601): rollouts per prompt in ``[min_fraction·G, max_fraction·G]`` (the
+    paper's ``[4, 16]`` at ``G = 16``); the GP is fitted on the last ``window`` observations once it has
+    ``min_points``, its hyper-parameters re-optimised every ``refit_every`` fits."""
+
+    min_fraction: float = _VIP["min_fraction"]
+    max_fraction: float = _VIP["max_fraction"]
+    window: int = _VIP["window"]
+    min_points: int = _VIP["min_points"]
+    refit_every: int = _VIP["refit_every"]
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~duet_verl.core.policies.vip.VipPolicy` (without the bounds)."""
+        return asdict(self)
+
+    def bounds(self, group_size: int, budget: float, n_min: int) -> dict[str, int]:
+        """``n_lo``/``n_hi`` at this group size and budget."""
+        lo, hi = vip_bounds(group_size, budget, n_min, self.min_fraction, self.max_fraction)
+        return {"n_lo": lo, "n_hi": hi}
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad key."""
+        _relabel("vip.", lambda: VipPolicy(**self.kwargs()))
+
+
+@dataclass(frozen=True)
 class DuetSettings:
     """The whole ``duet:`` section."""
 
     enable: bool = True
+    policy: str = "duet"  # duet | uniform | greso | vip (core/policies); all share budget, metrics and checkpoint
     budget: float = 0.5  # fraction b of GRPO's token cost; the paper's main setting
     n_min: int = _ALLOCATION["n_min"]
     n_max: int = _ALLOCATION["n_max"]
@@ -241,6 +303,8 @@ class DuetSettings:
     stop: StopSettings = field(default_factory=StopSettings)
     gates: GateSettings = field(default_factory=GateSettings)
     weights: WeightSettings = field(default_factory=WeightSettings)
+    greso: GresoSettings = field(default_factory=GresoSettings)
+    vip: VipSettings = field(default_factory=VipSettings)
 
     def validate(self, group_size: int | None = None) -> DuetSettings:
         """Check every value; with ``group_size`` (verl's ``rollout.n``) also that the budget is feasible."""
@@ -258,7 +322,8 @@ class DuetSettings:
         )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"duet.seed must be an integer, got {self.seed!r}")
-        for part in (self.surrogate, self.explore, self.stop, self.gates, self.weights):
+        _relabel("", lambda: check_policy_name(self.policy))
+        for part in (self.surrogate, self.explore, self.stop, self.gates, self.weights, self.greso, self.vip):
             part.validate()
         return self
 

@@ -29,8 +29,10 @@ __all__ = ["METHODS", "Policy", "QuickstartConfig", "aggregate_runs", "parse_pol
 
 
 # grpo: GRPO with round(b * G) rollouts; grpo-aa: the same with other seeds (data order, sampling), the A/A arm that
-# sizes the noise; duet: allocation + stop/abort; duet-alloc: allocation only; duet-stop: stop/abort only.
-METHODS = ("grpo", "grpo-aa", "duet", "duet-alloc", "duet-stop")
+# sizes the noise; duet: allocation + stop/abort; duet-alloc: allocation only; duet-stop: stop/abort only; the
+# budget-aware baselines run as duet.policy through DUET's trainer at the same token budget (BASELINES).
+BASELINES = ("uniform", "greso", "vip")
+METHODS = ("grpo", "grpo-aa", "duet", "duet-alloc", "duet-stop", *BASELINES)
 AA_SEED_OFFSET = 1000
 DEVICES = ("cpu", "cuda")
 
@@ -206,6 +208,8 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
     ]
     if grpo:
         return [*common, "duet.enable=false", "algorithm.adv_estimator=grpo"]
+    if policy.method in BASELINES:
+        return [*common, "duet.enable=true", f"duet.budget={policy.budget}", f"duet.policy={policy.method}"]
     duet = [
         "duet.enable=true",
         f"duet.budget={policy.budget}",

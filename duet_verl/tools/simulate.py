@@ -41,6 +41,7 @@ from scipy import stats
 from duet_verl.core.advantage import duet_advantage
 from duet_verl.core.controller import DuetController, StepObservation
 from duet_verl.core.monitor import Outcome
+from duet_verl.core.policies import POLICIES
 from duet_verl.core.protocol import RolloutReport
 from duet_verl.core.settings import DuetSettings
 
@@ -121,7 +122,7 @@ def _draw_rollouts(
     length = natural.copy()
     outcome = np.where(natural >= cap, Outcome.LENGTH_CAP.value, Outcome.NATURAL_EOS.value).astype(object)
     reward = correct.astype(np.float64)
-    if ctl is not None and ctl.settings.stop.enable:
+    if ctl is not None and ctl.monitors:
         stop = ctl.settings.stop
         k1, k2 = ctl.gates.k1, ctl.gates.k2
         deadline = k2 + stop.grace
@@ -150,9 +151,11 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def parse_policy(policy: str) -> tuple[str, float]:
+    """``"vip@0.5"`` → ``("vip", 0.5)``: ``grpo``, ``duet-old`` or any ``duet.policy`` name, at a budget in (0, 1]."""
     method, _, budget = policy.partition("@")
-    if method not in ("grpo", "duet", "duet-old") or not budget:
-        raise ValueError(f"policy must be grpo@B, duet@B or duet-old@B, got {policy!r}")
+    methods = ("grpo", "duet-old", *POLICIES)
+    if method not in methods or not budget:
+        raise ValueError(f"policy must be METHOD@B with METHOD one of {', '.join(methods)}, got {policy!r}")
     b = float(budget)
     if not 0.0 < b <= 1.0:
         raise ValueError(f"budget of {policy!r} must be in (0, 1]")
@@ -173,7 +176,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
     rng = np.random.default_rng(cfg.seed + 1)
     ctl = None
     if method != "grpo":
-        overrides = _merge(OLD_SETTINGS, {}) if method == "duet-old" else dict(cfg.duet)
+        overrides = _merge(OLD_SETTINGS, {}) if method == "duet-old" else _merge(cfg.duet, {"policy": method})
         settings = DuetSettings.from_mapping(_merge(overrides, {"budget": budget}))
         ctl = DuetController(settings, group_size=cfg.group_size, response_cap=cfg.cap)
     grpo_n = max(1, round(budget * cfg.group_size))
@@ -191,7 +194,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
             if ctl is not None:
                 plan = ctl.plan(ids, step)
                 n, p_pre = plan.n, plan.p_pre
-                if epoch > 0:
+                if epoch > 0 and ctl.policy.name == "duet":  # ŝ is the DUET surrogate's; other policies ignore it
                     truth = pop.pass_rate(idx) * (1.0 - pop.pass_rate(idx))
                     rho = spearman(plan.scores, truth)
                     if math.isfinite(rho):
@@ -306,6 +309,10 @@ def simulate(cfg: SimConfig, out=sys.stderr) -> dict[str, Any]:
             summary["old_gradient_rollout_ratio"] = _round(
                 old["gradient_rollout_fraction"] / grpo["gradient_rollout_fraction"]
             )
+    if grpo is not None:  # every policy side by side against GRPO@1.0
+        for result in results.values():
+            result["gradient_rollout_ratio"] = result["gradient_rollout_fraction"] / grpo["gradient_rollout_fraction"]
+            result["token_ratio_vs_grpo"] = result["tokens"] / grpo["tokens"]
     summary["policies"] = {p: {k: _round(v) for k, v in r.items()} for p, r in results.items()}
     summary["seconds"] = _round(time.perf_counter() - start)
     return summary

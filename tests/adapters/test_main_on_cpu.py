@@ -44,6 +44,9 @@ def test_cfg_job_prints_the_resolved_duet_config():
         ("duet.surrogate.pseudo_count=-1", "duet.surrogate.pseudo_count"),
         ("duet.length_cost=cubic", "duet.length_cost"),
         ("algorithm.filter_groups.enable=true", "algorithm.filter_groups.enable"),
+        ("duet.policy=arrol", "duet.policy"),
+        ("duet.greso.p_easy=0", "duet.greso.p_easy"),
+        ("duet.vip.min_fraction=2", "duet.vip.min_fraction"),
     ],
 )
 def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
@@ -52,6 +55,16 @@ def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
     assert "invalid configuration" in out.stderr and key in out.stderr
     assert seconds < 60
     assert "ray init" not in out.stdout.lower()
+
+
+@pytest.mark.parametrize("policy", ["uniform", "greso", "vip"])
+def test_each_baseline_policy_composes_and_passes_the_checks(policy, monkeypatch):
+    """A baseline needs neither DUET's agent loop nor its vLLM server: it runs no stop/abort monitor."""
+    monkeypatch.setenv("DRY_RUN", "1")
+    overrides = (f"duet.policy={policy}", "actor_rollout_ref.actor.use_dynamic_bsz=true")
+    agent_loop = "actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent"
+    out, _ = run_main(*overrides, "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true", agent_loop)
+    assert out.returncode == 0 and "passes the checks" in out.stdout, out.stderr[-2000:]
 
 
 def test_stop_rule_needs_the_duet_vllm_server():

@@ -106,6 +106,15 @@ def test_stop_rules_look_for_the_markers_of_their_data_source(tmp_path, by_sourc
     assert all(rule.monitor.markers.regexes == () for rule in rules)
 
 
+def test_a_baseline_policy_plans_counts_without_stop_rules(tmp_path):
+    trainer = make_trainer(tmp_path, duet={"policy": "greso"})
+    trainer.duet.policy.streaks = {"toy/1": (3, "hard")}  # rolled out with probability 0.5**3: skipped at step 1
+    trainer.train_dataloader, trainer.train_dataloader_it = dataloader([[0, 1, 2, 3]]), None
+    batch = trainer._next_train_batch()
+    assert list(tu.get(batch, "__rollout_n__")) == [3, 0, 3, 2]  # toy/1's share of the 8 rollouts goes to the others
+    assert list(tu.get(batch, "duet_p_pre")) == [1.0] * 4 and "duet_stop_rule" not in batch.keys()
+
+
 def test_prompt_ids_need_an_index():
     with pytest.raises(ValueError, match="extra_info.index"):
         prompt_ids_of(TensorDict({}, batch_size=[0]))

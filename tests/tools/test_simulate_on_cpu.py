@@ -59,9 +59,32 @@ def test_spearman_with_ties_and_degenerate_input():
 
 @pytest.mark.parametrize(
     "args",
-    [["--duet", '{"surrogate": {"pseudo_count": -1}}'], ["--policies", "ppo@0.5"], ["--batch", "0"], ["--duet", "{"]],
+    [
+        ["--duet", '{"surrogate": {"pseudo_count": -1}}'],
+        ["--policies", "ppo@0.5"],
+        ["--policies", "vip"],
+        ["--batch", "0"],
+        ["--duet", "{"],
+        ["--duet", '{"policy": "arrol"}'],
+    ],
 )
 def test_cli_rejects_bad_arguments(args, capsys):
     with pytest.raises(SystemExit):
         main(["simulate", *args])
     assert "error" in capsys.readouterr().err
+
+
+def test_every_policy_runs_side_by_side_at_the_same_budget():
+    policies = ("grpo@1.0", "uniform@0.5", "duet@0.5", "greso@0.5", "vip@0.5")
+    out = simulate(SimConfig(**SMALL, policies=policies), out=io.StringIO())
+    rows = out["policies"]
+    assert set(rows) == set(policies)
+    for name in policies[1:]:
+        assert 0.4 <= rows[name]["token_ratio_vs_grpo"] <= 0.55, name  # half GRPO@1.0's tokens, whatever the policy
+        assert rows[name]["budget_use"] <= 1.0 + 1e-9, name  # no abort tails without the monitor; DUET's are small
+    assert rows["grpo@1.0"]["gradient_rollout_ratio"] == 1.0
+    # GRESO skips zero-variance prompts (so some learnable ones go without rollouts in an epoch); VIP and DUET move
+    # rollouts toward informative prompts and beat the uniform split of the same budget
+    assert rows["greso@0.5"]["stuck_fraction"] > 0.0 and rows["uniform@0.5"]["stuck_fraction"] == 0.0
+    for name in ("vip@0.5", "duet@0.5", "greso@0.5"):
+        assert rows[name]["gradient_rollout_ratio"] > rows["uniform@0.5"]["gradient_rollout_ratio"], name
