@@ -4,9 +4,11 @@
 # top-p 0.95, prompts <= 512 and responses <= 3072 tokens, 4 epochs, mean@4 validation; one 8-GPU node.
 #
 # Environment (default in brackets); a bad value exits with status 2 naming the variable:
-#   METHOD          duet | grpo | dapo                                                  [duet]
-#   BUDGET          token budget fraction b in (0, 1]: duet.budget for DUET; GRPO and DAPO get round(b*G)
-#                   rollouts per prompt (the same token budget with fewer rollouts)         [1.0]
+#   METHOD          duet | grpo | dapo | uniform | greso | vip                          [duet]
+#                   (uniform, greso, vip: the budget-aware baselines as duet.policy, README "Budget-aware
+#                   baselines"; VIP's paper bounds [4, 16] are GROUP=16, whose budget is b x 16 rollouts' tokens)
+#   BUDGET          token budget fraction b in (0, 1]: duet.budget for DUET and the baselines; GRPO and DAPO get
+#                   round(b*G) rollouts per prompt (the same token budget with fewer rollouts) [1.0]
 #   ENGINE          fsdp | megatron (verl's training engine; the rollout is vLLM either way) [fsdp]
 #   NNODES, NGPUS_PER_NODE   Ray cluster size (recipes/multinode.md for more than one node) [1, 8]
 #   DATA_DIR        what `duet-verl prepare-data` wrote                                    [$HOME/data/duet]
@@ -44,7 +46,10 @@ CKPT_DIR=${CKPT_DIR:-$PWD/checkpoints}
 LOGGER=${LOGGER:-[console,file]}
 : "${MODEL:?the family script sets MODEL}"
 
-case "$METHOD" in duet | grpo | dapo) ;; *) recipe_fail "METHOD=$METHOD: must be duet, grpo or dapo" ;; esac
+case "$METHOD" in
+  duet | grpo | dapo | uniform | greso | vip) ;;
+  *) recipe_fail "METHOD=$METHOD: must be duet, grpo, dapo, uniform, greso or vip" ;;
+esac
 case "$ENGINE" in fsdp | megatron) ;; *) recipe_fail "ENGINE=$ENGINE: must be fsdp or megatron" ;; esac
 for var in NNODES NGPUS_PER_NODE GROUP EPOCHS ROLLOUT_TP MEGATRON_TP MEGATRON_PP; do
   [[ ${!var} =~ ^[1-9][0-9]*$ ]] || recipe_fail "$var=${!var}: must be a positive integer"
@@ -139,6 +144,10 @@ case "$METHOD" in
       algorithm.adv_estimator=duet_grpo actor_rollout_ref.rollout.agent.default_agent_loop=duet_single_turn
       duet.enable=true duet.budget="$BUDGET"
     )
+    ;;
+  uniform | greso | vip)
+    # the same token accounting, metrics and checkpoint state as DUET, another allocation rule (core/policies)
+    METHOD_ARGS=(algorithm.adv_estimator=duet_grpo duet.enable=true duet.policy="$METHOD" duet.budget="$BUDGET")
     ;;
   grpo)
     METHOD_ARGS=(duet.enable=false algorithm.adv_estimator=grpo actor_rollout_ref.rollout.n="$N_BASELINE")

@@ -16,6 +16,7 @@ FAMILIES = {
     "llama3p2_3b": ("meta-llama/Llama-3.2-3B-Instruct", 2),
 }  # recipe -> (model, Megatron tensor-parallel size)
 METHODS = ("duet", "grpo", "dapo")
+BASELINE_POLICIES = ("uniform", "greso", "vip")  # duet.policy: the same overrides in every family
 ENGINES = ("fsdp", "megatron")
 BUDGETS = ("1.0", "0.5", "0.25")
 VAL_SETS = ("math500", "aime2024", "gsm8k", "humaneval", "gpqa_diamond")
@@ -25,6 +26,11 @@ CASES = [
     for j, method in enumerate(METHODS)
     for k, engine in enumerate(ENGINES)
 ]  # every recipe x method x engine; the budgets rotate so each (recipe, method) meets at least two of them
+CASES += [
+    (list(FAMILIES)[j], policy, engine, BUDGETS[(j + k) % len(BUDGETS)])
+    for j, policy in enumerate(BASELINE_POLICIES)
+    for k, engine in enumerate(ENGINES)
+]  # each baseline policy in one family, with both engines
 
 
 def run_recipe(recipe: str, *overrides: str, dry_run: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -85,6 +91,10 @@ def test_dry_run_composes_the_paper_config(tmp_path, family, method, engine, bud
     if method == "duet":
         assert cfg.duet.enable and cfg.duet.budget == float(budget) and rollout.n == 8
         assert cfg.algorithm.adv_estimator == "duet_grpo" and rollout.agent.default_agent_loop == "duet_single_turn"
+        assert cfg.duet.policy == "duet"
+    elif method in BASELINE_POLICIES:
+        assert cfg.duet.enable and cfg.duet.policy == method and cfg.duet.budget == float(budget) and rollout.n == 8
+        assert cfg.algorithm.adv_estimator == "duet_grpo" and not cfg.algorithm.filter_groups.enable
     else:
         assert not cfg.duet.enable and cfg.algorithm.adv_estimator == "grpo"
         assert rollout.n == {"1.0": 8, "0.5": 4, "0.25": 2}[budget]  # round(b * G)
