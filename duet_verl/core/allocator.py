@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from duet_verl.core.checks import require_positive_ints, require_probabilities
 from duet_verl.core.rng import RolloutRandom, rollout_seed
 
 __all__ = [
@@ -86,7 +87,7 @@ class Allocation:
 
 def token_budget(expected_lengths: np.ndarray, group_size: int, budget_fraction: float) -> float:
     """``B = b * M * G * mean(L)``: the fraction ``b`` of what uniform GRPO with ``G`` rollouts would spend."""
-    _check_positive_int("group_size", group_size)
+    require_positive_ints(group_size=group_size)
     check_allocation_options(budget_fraction=budget_fraction)
     lengths = np.asarray(expected_lengths, dtype=np.float64)
     return float(budget_fraction * group_size * lengths.sum())
@@ -189,18 +190,7 @@ def uniform_allocation(expected_lengths: np.ndarray, budget: float, count: int, 
     ``budget`` by the rounding of ``b * G`` (then ``budget_error < 0``), exactly as for that GRPO."""
     lengths = np.asarray(expected_lengths, dtype=np.float64)
     n = np.full(lengths.shape, min(max(int(count), n_min), n_max), dtype=np.int64)
-    spent = float(n @ lengths)
-    return Allocation(
-        n=n,
-        p_pre=np.ones(lengths.shape),
-        lam=0.0,
-        budget=float(budget),
-        spent=spent,
-        budget_error=(float(budget) - spent) / float(budget),
-        frac_at_min=float(np.mean(n == n_min)),
-        frac_at_max=float(np.mean(n == n_max)),
-        bisection_steps=0,
-    )
+    return _fixed_counts(n, lengths, budget, floor=n_min, n_max=n_max)
 
 
 def even_allocation(expected_lengths: np.ndarray, budget: float, active: np.ndarray, n_max: int) -> Allocation:
@@ -210,7 +200,7 @@ def even_allocation(expected_lengths: np.ndarray, budget: float, active: np.ndar
     nothing is spent. ``frac_at_min`` is the share of prompts given no rollout."""
     lengths = np.asarray(expected_lengths, dtype=np.float64)
     on = np.asarray(active, dtype=bool)
-    _check_positive_int("n_max", n_max)
+    require_positive_ints(n_max=n_max)
     n = np.zeros(lengths.shape, dtype=np.int64)
     active_cost = float(lengths[on].sum())
     if active_cost > 0:
@@ -219,6 +209,11 @@ def even_allocation(expected_lengths: np.ndarray, budget: float, active: np.ndar
             n[q] += 1
             if float(n @ lengths) > budget:  # the spend as reported, so the check and the report agree exactly
                 n[q] -= 1
+    return _fixed_counts(n, lengths, budget, floor=0, n_max=n_max)
+
+
+def _fixed_counts(n: np.ndarray, lengths: np.ndarray, budget: float, floor: int, n_max: int) -> Allocation:
+    """The :class:`Allocation` of counts chosen without a λ search (propensity 1); ``frac_at_min`` counts ``floor``."""
     spent = float(n @ lengths)
     return Allocation(
         n=n,
@@ -227,7 +222,7 @@ def even_allocation(expected_lengths: np.ndarray, budget: float, active: np.ndar
         budget=float(budget),
         spent=spent,
         budget_error=(float(budget) - spent) / float(budget),
-        frac_at_min=float(np.mean(n == 0)),
+        frac_at_min=float(np.mean(n == floor)),
         frac_at_max=float(np.mean(n == n_max)),
         bisection_steps=0,
     )
@@ -518,14 +513,8 @@ def free_counts(
 
 def check_measurement_options(*, floor: int = 2, reprobe: float = 1.0) -> None:
     """Raise ``ValueError`` (message starting with the parameter's name) unless the options are valid."""
-    _check_positive_int("floor", floor)
-    if not (isinstance(reprobe, int | float) and not isinstance(reprobe, bool) and 0.0 < reprobe <= 1.0):
-        raise ValueError(f"reprobe must be a probability in (0, 1], got {reprobe!r}")
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    require_positive_ints(floor=floor)
+    require_probabilities(reprobe=reprobe)
 
 
 def _validate(scores, expected_lengths, budget, n_min, n_max, eps_pre) -> tuple[np.ndarray, np.ndarray]:
@@ -559,8 +548,7 @@ def check_allocation_options(
     (``b * G >= n_min``)."""
     if budget_fraction is not None and not (isinstance(budget_fraction, int | float) and 0.0 < budget_fraction <= 1.0):
         raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction!r}")
-    _check_positive_int("n_min", n_min)
-    _check_positive_int("n_max", n_max)
+    require_positive_ints(n_min=n_min, n_max=n_max)
     if n_min > n_max:
         raise ValueError(f"n_min ({n_min}) must not exceed n_max ({n_max})")
     if not (isinstance(eps_pre, int | float) and 0.0 < eps_pre <= 1.0):

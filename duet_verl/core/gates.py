@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from duet_verl.core.checks import require_positive_ints
+
 __all__ = ["THRESHOLD_MODES", "GateEstimator", "censored_quantiles", "check_threshold_options", "stop_thresholds"]
 
 
@@ -39,8 +41,7 @@ class GateEstimator:
         min_gap: int = 50,
         censored: bool = True,
     ):
-        if not isinstance(cap, int) or cap < 1:
-            raise ValueError(f"cap must be a positive integer, got {cap!r}")
+        require_positive_ints(cap=cap)
         for name, value in (("k1_init", k1_init), ("k2_init", k2_init), ("q1", q1), ("q2", q2)):
             if not (0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -48,9 +49,7 @@ class GateEstimator:
             raise ValueError(f"k1_init ({k1_init}) must not exceed k2_init ({k2_init})")
         if q1 > q2:
             raise ValueError(f"q1 ({q1}) must not exceed q2 ({q2})")
-        for name, value in (("window", window), ("update_every", update_every), ("min_samples", min_samples)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(window=window, update_every=update_every, min_samples=min_samples)
         for name, value in (("k1_floor", k1_floor), ("min_gap", min_gap)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
 
+from duet_verl.core.checks import require_positive_ints
 from duet_verl.core.markers import MarkerSpec, build_detectors
 from duet_verl.core.rng import RolloutRandom
 from duet_verl.core.signals import SIGNALS
@@ -88,10 +89,7 @@ class StopRuleConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("check_every", "hysteresis"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(check_every=self.check_every, hysteresis=self.hysteresis)
         if self.k2 < self.k1:
             raise ValueError(f"k2 ({self.k2}) must be >= k1 ({self.k1})")
         if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):

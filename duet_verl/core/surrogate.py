@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from duet_verl.core.checks import require_positive_ints
+
 __all__ = [
     "SCORE_SIGNALS",
     "SIGMA_SOURCES",
@@ -60,8 +62,7 @@ class OnlineRidge:
     def __init__(
         self, num_features: int = 1, l2: float = 1.0, prior: Sequence[float] | None = None, decay: float = 1.0
     ):
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        require_positive_ints(num_features=num_features)
         if not (l2 > 0 and math.isfinite(l2)):
             raise ValueError(f"l2 must be a finite positive number, got {l2!r}")
         if not (0.0 < decay <= 1.0):
@@ -168,14 +169,9 @@ class PromptSurrogate:
             raise ValueError(f"default_length must be a finite positive number, got {default_length!r}")
         if not (sigma_min >= 0 and math.isfinite(sigma_min)):
             raise ValueError(f"sigma_min must be finite and >= 0, got {sigma_min!r}")
-        for name, value in (
-            ("k_warmup", k_warmup),
-            ("max_prompts", max_prompts),
-            ("length_window", length_window),
-            ("feature_window", feature_window),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(
+            k_warmup=k_warmup, max_prompts=max_prompts, length_window=length_window, feature_window=feature_window
+        )
         if signal not in SCORE_SIGNALS:
             raise ValueError(f"signal must be one of {SCORE_SIGNALS}, got {signal!r}")
         if not (isinstance(pseudo_count, int | float) and math.isfinite(pseudo_count) and pseudo_count >= 0):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from duet_verl.core.allocator import even_allocation
+from duet_verl.core.checks import require_probabilities
 from duet_verl.core.policies.base import AllocationRequest, BudgetPolicy, PolicyAllocation
 from duet_verl.core.rng import RolloutRandom, rollout_seed
 
@@ -53,9 +54,7 @@ class GresoPolicy(BudgetPolicy):
         seed: int = 0,
         max_rollouts: int | None = None,
     ):
-        for name, value, low in (("p_easy", p_easy, 0.0), ("p_hard", p_hard, 0.0), ("min_explore", min_explore, 0.0)):
-            if not (isinstance(value, int | float) and not isinstance(value, bool) and low < value <= 1.0):
-                raise ValueError(f"{name} must be a probability in (0, 1], got {value!r}")
+        require_probabilities(p_easy=p_easy, p_hard=p_hard, min_explore=min_explore)
         if not (isinstance(target_zero_variance, int | float) and 0.0 <= target_zero_variance <= 1.0):
             raise ValueError(f"target_zero_variance must be in [0, 1], got {target_zero_variance!r}")
         if not (isinstance(adjust_step, int | float) and 0.0 <= adjust_step <= 1.0):

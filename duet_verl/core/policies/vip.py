@@ -40,6 +40,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from duet_verl.core.allocator import allocate_rollouts, uniform_allocation
+from duet_verl.core.checks import require_positive_ints
 from duet_verl.core.policies.base import AllocationRequest, BudgetPolicy, PolicyAllocation
 
 __all__ = ["VipPolicy", "smoothed_rate", "vip_bounds"]
@@ -78,15 +79,7 @@ class VipPolicy(BudgetPolicy):
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if min_fraction > max_fraction:
             raise ValueError(f"min_fraction ({min_fraction}) must not exceed max_fraction ({max_fraction})")
-        for name, value in (
-            ("window", window),
-            ("min_points", min_points),
-            ("refit_every", refit_every),
-            ("n_lo", n_lo),
-            ("n_hi", n_hi),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(window=window, min_points=min_points, refit_every=refit_every, n_lo=n_lo, n_hi=n_hi)
         if min_points > window:
             raise ValueError(f"min_points ({min_points}) must not exceed window ({window})")
         if n_lo > n_hi:
