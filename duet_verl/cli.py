@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -100,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser(
         "prepare-data", help="write the benchmark datasets as verl parquet files; last line is a JSON summary"
     )
-    data.add_argument("--out", required=True, help="directory for {dataset}.parquet and prepare_data.json")
+    data.add_argument(
+        "--out",
+        default=os.path.expanduser(os.environ.get("DATA_DIR", "~/data/duet")),
+        help="directory for {dataset}.parquet and prepare_data.json (default: $DATA_DIR, else ~/data/duet, where "
+        "the recipes look)",
+    )
     data.add_argument("--datasets", default=None, help="comma-separated subset (default: all datasets)")
     data.add_argument(
         "--from-dir", default=None, help="read {dataset}.jsonl or .parquet here instead of the Hugging Face hub"
@@ -146,15 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(parser, args)
     if args.command == "quickstart":
-        from duet_verl.demo.quickstart import parse_policy, run_quickstart
+        from duet_verl.demo.quickstart import parse_policy, problem_splits, run_quickstart
 
         cfg = quickstart_config(args)
         try:
             for p in cfg.policies:
                 parse_policy(p)
-            from duet_verl.demo.tasks import make_problems
-
-            make_problems(cfg.tasks, 1, 0)
+            problem_splits(cfg)  # unknown tasks, or too few distinct problems for the three sets
         except ValueError as err:
             parser.error(str(err))
         _require_positive(parser, args, "steps", "seeds")

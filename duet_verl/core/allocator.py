@@ -85,12 +85,18 @@ class Allocation:
     bisection_steps: int
 
 
+# Relative slack of the token budget: a budget of exactly k rollouts per prompt (b * G = k) must admit k for every
+# prompt although b * G * sum(L) and the spend sum(k * L) are summed in different orders (they differ by an ulp).
+BUDGET_SLACK = 1e-9
+
+
 def token_budget(expected_lengths: np.ndarray, group_size: int, budget_fraction: float) -> float:
-    """``B = b * M * G * mean(L)``: the fraction ``b`` of what uniform GRPO with ``G`` rollouts would spend."""
+    """``B = b * M * G * mean(L)``: the fraction ``b`` of what uniform GRPO with ``G`` rollouts would spend (plus a
+    relative :data:`BUDGET_SLACK`, far below one token, so that float summation order never costs a rollout)."""
     require_positive_ints(group_size=group_size)
     check_allocation_options(budget_fraction=budget_fraction)
     lengths = np.asarray(expected_lengths, dtype=np.float64)
-    return float(budget_fraction * group_size * lengths.sum())
+    return float(budget_fraction * group_size * lengths.sum()) * (1.0 + BUDGET_SLACK)
 
 
 def allocate_rollouts(
@@ -205,6 +211,8 @@ def even_allocation(expected_lengths: np.ndarray, budget: float, active: np.ndar
     active_cost = float(lengths[on].sum())
     if active_cost > 0:
         n[on] = min(int(n_max), int(np.floor(float(budget) / active_cost)))
+        while n[on][0] > 0 and float(n @ lengths) > budget:  # the division and the spend round differently
+            n[on] -= 1
         for q in np.flatnonzero(on & (n < n_max)):
             n[q] += 1
             if float(n @ lengths) > budget:  # the spend as reported, so the check and the report agree exactly

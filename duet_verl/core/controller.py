@@ -283,13 +283,16 @@ class DuetController:
         if state.get("version") != 1:
             raise ValueError(f"unsupported DUET state version {state.get('version')!r}")
         changed = self.surrogate.load_state_dict(state["surrogate"])
+        for name, (before, now) in changed.items():
+            logger.warning(f"DUET resume: surrogate setting {name} was {before!r} in the checkpoint, now {now!r}")
         self.gates.load_state_dict(state["gates"])
-        saved = state.get("policy", {"name": "duet", "state": {}})  # states before the policies were DUET's
-        if saved["name"] == self.policy.name:
-            self.policy.load_state_dict(saved["state"])
+        policy = state.get("policy", {"name": "duet", "state": {}})  # states before the policies were DUET's
+        if policy["name"] == self.policy.name:
+            self.policy.load_state_dict(policy["state"])
         else:
-            logger.warning(f"DUET resume: the checkpoint's policy {saved['name']!r} is not this run's")
-            changed = {**changed, "policy": (saved["name"], self.policy.name)}
-        for name, (saved, current) in changed.items():
-            logger.warning(f"DUET resume: surrogate setting {name} was {saved!r} in the checkpoint, now {current!r}")
+            logger.warning(
+                f"DUET resume: the checkpoint's policy {policy['name']!r} is not this run's "
+                f"{self.policy.name!r}; its state starts fresh"
+            )
+            changed = {**changed, "policy": (policy["name"], self.policy.name)}
         return changed

@@ -3,7 +3,8 @@
 1. Builds assets locally (nothing downloaded): a byte-level tokenizer, a small Qwen2-architecture model
    given a short supervised warm start on worked solutions, and train/held-out parquet files of the
    synthetic tasks in :mod:`duet_verl.demo.tasks`. Warm-start, RL and held-out problems are disjoint; every
-   held-out sample has a fixed vLLM seed (``duet_sampling_seed``), so the same model always scores the same.
+   held-out sample has a fixed vLLM seed (``duet_sampling_seed``), so the same model always scores the same
+   on the CPU (GPU kernels are not batch-invariant: there a seed fixes the sampling draws, not every logit).
 2. Runs each policy with ``python -m duet_verl.main`` (same seeds, same steps): ``grpo@1.0`` is GRPO with
    ``G`` rollouts per prompt, ``grpo@B`` GRPO with ``round(B*G)``, ``duet@B`` DUET at budget ``B``
    (``duet-alloc@B``: allocation only, no stop/abort).
@@ -93,6 +94,15 @@ def _log(message: str) -> None:
     print(f"[quickstart] {message}", flush=True)
 
 
+def problem_splits(cfg: QuickstartConfig) -> dict[str, list]:
+    """The disjoint held-out (``val``), RL (``train``) and warm-start (``warm``) problems; ``ValueError`` when the
+    tasks have too few distinct problems for these sizes (``search`` alone has 360)."""
+    from duet_verl.demo.tasks import make_splits
+
+    sizes = {"val": cfg.val_problems, "train": cfg.train_problems, "warm": cfg.warm_start_problems}
+    return make_splits(cfg.tasks, sizes, seed=cfg.seed)
+
+
 def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     """Tokenizer + warm-started model + parquet files under ``out/assets`` (reused if already built)."""
     import torch
@@ -100,7 +110,7 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     from duet_verl.core.protocol import SAMPLING_SEED_COLUMN
     from duet_verl.core.rng import rollout_seed
     from duet_verl.demo.assets import build_tiny_model, build_tokenizer
-    from duet_verl.demo.tasks import make_splits, write_parquet
+    from duet_verl.demo.tasks import write_parquet
     from duet_verl.demo.warm_start import warm_start
     from duet_verl.tools.score_prompts import prompt_mean_logprobs
 
@@ -130,8 +140,7 @@ def build_assets(cfg: QuickstartConfig, out: Path) -> dict[str, str]:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     tokenizer = build_tokenizer()
     model = build_tiny_model(tokenizer, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
-    sizes = {"val": cfg.val_problems, "train": cfg.train_problems, "warm": cfg.warm_start_problems}
-    splits = make_splits(cfg.tasks, sizes, seed=cfg.seed)
+    splits = problem_splits(cfg)
     train, val = splits["train"], splits["val"]
     _log(
         f"warm start: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.warm_start_steps} steps on "
@@ -162,10 +171,11 @@ def device_overrides(device: str) -> list[str]:
 
 def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run_dir: Path) -> list[str]:
     """Hydra overrides of one policy's run (the device's runtime settings included)."""
+    from duet_verl.core.policies.duet import grpo_count
     from duet_verl.demo.reward import __file__ as reward_file
 
     grpo = policy.method.startswith("grpo")
-    n = cfg.group_size if not grpo else max(1, round(policy.budget * cfg.group_size))
+    n = cfg.group_size if not grpo else grpo_count(policy.budget, cfg.group_size)
     seed = cfg.seed + (AA_SEED_OFFSET if policy.method == "grpo-aa" else 0)
     test_freq = max(1, math.ceil(cfg.steps / max(cfg.evals, 1)))
     common = [

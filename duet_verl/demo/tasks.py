@@ -108,7 +108,7 @@ def make_problems(tasks: list[str], count: int, seed: int, exclude: Iterable[str
 
 def make_splits(tasks: list[str], sizes: dict[str, int], seed: int) -> dict[str, list[Problem]]:
     """Disjoint problem sets by name (e.g. held-out, RL pool, warm start), drawn in the order given, each from its
-    own seed so that one set does not change when another's size does."""
+    own seed: a set does not change when the sets drawn after it change size (it does when an earlier one does)."""
     splits: dict[str, list[Problem]] = {}
     for k, (name, size) in enumerate(sizes.items()):
         used = [p.prompt for drawn in splits.values() for p in drawn]

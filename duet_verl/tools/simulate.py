@@ -42,6 +42,7 @@ from duet_verl.core.advantage import duet_advantage
 from duet_verl.core.controller import DuetController, StepObservation
 from duet_verl.core.monitor import Outcome
 from duet_verl.core.policies import POLICIES
+from duet_verl.core.policies.duet import grpo_count
 from duet_verl.core.protocol import RolloutReport
 from duet_verl.core.settings import DuetSettings
 
@@ -179,7 +180,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
         overrides = _merge(OLD_SETTINGS, {}) if method == "duet-old" else _merge(cfg.duet, {"policy": method})
         settings = DuetSettings.from_mapping(_merge(overrides, {"budget": budget}))
         ctl = DuetController(settings, group_size=cfg.group_size, response_cap=cfg.cap)
-    grpo_n = max(1, round(budget * cfg.group_size))
+    grpo_n = grpo_count(budget, cfg.group_size)
     totals = {"rollouts": 0.0, "gradient_rollouts": 0.0, "tokens": 0.0}
     stuck, rhos, use, ess, aborted, eps_correct, share = [], [], [], [], [], [], []
     step = 0

@@ -58,7 +58,11 @@ class _Worker:
         self.process = context.Process(target=_serve, args=(child,), daemon=True, name="duet-math-verify")
         self.process.start()
         child.close()
-        if not (self.conn.poll(_START_TIMEOUT_S) and self.conn.recv() == _READY):
+        try:
+            ready = self.conn.poll(_START_TIMEOUT_S) and self.conn.recv() == _READY
+        except (EOFError, OSError):  # the worker died while starting
+            ready = False
+        if not ready:
             self.close()
             raise RuntimeError(f"the math-verify worker did not start within {_START_TIMEOUT_S:.0f} s")
 
@@ -89,11 +93,20 @@ class MathWorkerPool:
         self._lock = threading.Lock()
 
     def _take(self) -> _Worker:
+        """An idle worker, or a new one while fewer than ``size`` exist (started outside the lock, its slot given
+        back if it fails to start, so a failed start never leaves later callers waiting for a worker forever)."""
         with self._lock:
-            if self._idle.empty() and self._started < self.size:
+            start = self._idle.empty() and self._started < self.size
+            if start:
                 self._started += 1
-                return _Worker()
-        return self._idle.get()
+        if not start:
+            return self._idle.get()
+        try:
+            return _Worker()
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
 
     def equivalent(self, answer: str, ground_truth: str) -> bool:
         """math-verify's verdict, False when it takes longer than ``timeout_s``."""

@@ -20,7 +20,9 @@ isolated mode (``-I``), and limits set by a tiny launcher before anything untrus
 * ``isolation="socket_block"`` (the fallback) only replaces the ``socket`` module's constructors in the child. It
   is **weaker**: code that imports ``_socket`` or uses ``ctypes`` can still reach the network.
 
-Neither mode is a security boundary against a determined attacker (no seccomp, the file system stays readable); it
+Neither mode is a security boundary against a determined attacker (no seccomp; the program can read what its user
+can read, and when it runs as the trainer's own user — a non-root trainer, or root where ``nobody`` cannot run the
+interpreter — it can also write the trainer's files and signal its processes: run training as a dedicated user). It
 keeps a policy's mistakes and accidents (loops, hogs, forks, stray connections) from harming the trainer.
 """
 
@@ -160,21 +162,30 @@ def namespace_isolation_works(python: str = sys.executable) -> bool:
     if unshare is None:
         return False
     user = _run_as(python)
+    uid = os.getuid() if user is None else user
+    limit = {"RLIMIT_NPROC": _nproc_limit(uid, SandboxLimits().max_processes)}  # as the programs will run
     with _private_dir(user) as workdir:
-        probe = _launch([unshare, *_UNSHARE, python, "-I", "-c", "pass"], user, workdir, 30.0, {}, None)
+        probe = _launch([unshare, *_UNSHARE, python, "-I", "-c", "pass"], user, workdir, 30.0, limit, None)
     return probe == (0, False)
 
 
-def _process_count(uid: int) -> int:
-    """Processes owned by ``uid`` (``RLIMIT_NPROC`` counts them all)."""
+def _task_count(uid: int) -> int:
+    """Threads of the processes owned by ``uid``: what ``RLIMIT_NPROC`` counts (every thread is a task; a trainer's
+    Ray, torch and vLLM workers run hundreds)."""
     count = 0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                count += entry.stat().st_uid == uid
+                if entry.stat().st_uid == uid:
+                    count += len(os.listdir(os.path.join(entry.path, "task")))
             except OSError:
                 pass
     return count
+
+
+def _nproc_limit(uid: int, max_processes: int) -> int:
+    """``RLIMIT_NPROC`` that lets the program start ``max_processes`` more tasks than ``uid`` runs now."""
+    return _task_count(uid) + max_processes
 
 
 def _resolve_isolation(requested: str, python: str) -> str:
@@ -193,7 +204,7 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResul
     uid = os.getuid() if user is None else user
     rlimits = {
         "RLIMIT_AS": limits.memory_bytes,
-        "RLIMIT_NPROC": _process_count(uid) + limits.max_processes,
+        "RLIMIT_NPROC": _nproc_limit(uid, limits.max_processes),
         "RLIMIT_CPU": int(limits.timeout_s) + 1,
         "RLIMIT_FSIZE": limits.file_bytes,
         "RLIMIT_CORE": 0,

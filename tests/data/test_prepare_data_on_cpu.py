@@ -196,3 +196,9 @@ def test_verls_dataset_reads_every_prepared_file(prepared):
         assert first["data_source"] == DATASETS[name].data_source
         assert first["index"] == rows(out, name)[0]["extra_info"]["index"]
         assert first["reward_model"]["ground_truth"] == rows(out, name)[0]["reward_model"]["ground_truth"]
+
+
+def test_without_out_it_writes_where_the_recipes_look(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "duet"))  # the recipes' DATA_DIR
+    assert main(["prepare-data", "--from-dir", str(FIXTURES), "--datasets", "gsm8k"]) == 0
+    assert (tmp_path / "duet" / "gsm8k.parquet").exists()

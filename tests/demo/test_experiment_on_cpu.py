@@ -157,3 +157,12 @@ def test_heldout_profile_counts_too_hard_too_easy_and_the_habits(tmp_path):
         "no_answer": pytest.approx(1 / 6),
         "talks_after_answer": pytest.approx(2 / 6),  # trailing whitespace is not talk
     }
+
+
+@pytest.mark.parametrize(("task", "message"), [("search", "no unused problem left"), ("poetry", "unknown task")])
+def test_quickstart_refuses_tasks_that_cannot_fill_its_sets_before_building_anything(tmp_path, capsys, task, message):
+    from duet_verl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's error: exit status 2, the reason on stderr
+        main(["quickstart", "--out", str(tmp_path / "qs"), "--task", task])
+    assert exit_info.value.code == 2 and not (tmp_path / "qs").exists() and message in capsys.readouterr().err

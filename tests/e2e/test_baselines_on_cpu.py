@@ -56,8 +56,9 @@ def test_baseline_trains_through_verl(method, assets, tmp_path):
         assert first["duet/greso_skipped_fraction"] == 0.0  # cold start: every prompt rolled out
         zero_variance = first["duet/greso_zero_variance_fraction"]
         print(f"greso: zero-variance share {zero_variance}, skipped {second['duet/greso_skipped_fraction']}")
-        if zero_variance == 1.0:  # every group all wrong (or all right): the draws skip three of the four prompts
-            assert second["duet/greso_skipped_fraction"] == 0.75 and second["duet/n_min"] == 0.0
+        # a 5-step warm start solves nothing: every group is all wrong, and the draws skip three of the four prompts
+        assert zero_variance == 1.0, "the setup this test relies on changed: some first-step group had a success"
+        assert second["duet/greso_skipped_fraction"] == 0.75 and second["duet/n_min"] == 0.0
         assert second["duet/rollouts"] == second["duet/n_total"]  # verl ran exactly the planned rollouts
     if method == "vip":
         assert first["duet/vip_gp_fitted"] == 0.0 and second["duet/vip_gp_fitted"] == 1.0

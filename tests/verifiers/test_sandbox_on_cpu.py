@@ -163,3 +163,22 @@ def test_limits_are_checked():
         SandboxLimits(isolation="docker")
     with pytest.raises(ValueError, match="positive"):
         SandboxLimits(timeout_s=0)
+
+
+def test_the_process_limit_counts_threads_as_the_kernel_does():
+    """RLIMIT_NPROC counts every task (thread) of the user: a trainer with hundreds of Ray/torch threads would
+    otherwise leave its sandboxed program no room to start at all."""
+    import threading
+
+    from duet_verl.verifiers.sandbox import _task_count
+
+    before, stop = _task_count(os.getuid()), threading.Event()
+    threads = [threading.Thread(target=stop.wait) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert _task_count(os.getuid()) >= before + 40
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()

@@ -134,3 +134,23 @@ def test_a_comparison_past_the_hard_limit_scores_zero_and_its_worker_is_replaced
     assert time.monotonic() - start < 3.0
     assert not worker.process.is_alive()  # killed, not left computing
     assert pool.equivalent("0.5", "\\frac{1}{2}") is True and pool._idle.queue[0] is not worker
+
+
+def test_a_worker_that_fails_to_start_gives_its_slot_back(monkeypatch):
+    """A failed start (the worker died or timed out) must not use up the pool: with size 1, the next call still
+    gets a worker instead of waiting forever for an idle one that will never come."""
+    from duet_verl.verifiers import math_workers
+
+    pool, real, attempts = math_workers.MathWorkerPool(size=1, timeout_s=30.0), math_workers._Worker, []
+
+    def failing_once():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("the math-verify worker did not start within 300 s")
+        return real()
+
+    monkeypatch.setattr(math_workers, "_Worker", failing_once)
+    with pytest.raises(RuntimeError, match="did not start"):
+        pool.equivalent("1", "1")
+    assert pool._started == 0
+    assert pool.equivalent("\\frac{10}{2}", "5") is True and len(attempts) == 2

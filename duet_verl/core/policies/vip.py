@@ -35,9 +35,6 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from duet_verl.core.allocator import allocate_rollouts, uniform_allocation
 from duet_verl.core.checks import require_positive_ints
@@ -120,6 +117,10 @@ class VipPolicy(BudgetPolicy):
         rows = np.asarray(self.inputs, dtype=np.float64)
         if len(self.targets) < self.min_points or rows.shape[1] != x.shape[1]:
             return x[:, 0], False
+        from sklearn.exceptions import ConvergenceWarning  # imported here: only VIP's fits need scikit-learn
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
         dims = x.shape[1]
         kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.ones(dims), (1e-2, 1e2)) + WhiteKernel(0.1, (1e-4, 1e1))
         if self.theta is not None and len(self.theta) == kernel.theta.size:  # warm start: last step's fit
