@@ -193,7 +193,8 @@ def test_every_stop_setting_reaches_the_monitor_inside_the_rollout_server(tiny_a
         "threshold_low": 0.61,
         "threshold_high": 0.61,
     }
-    assert set(stop) | {"enable"} == {f.name for f in fields(StopSettings)}  # every stop setting is covered
+    # every stop setting is covered; markers_by_data_source acts in the trainer (tests/adapters/test_trainer_on_cpu.py)
+    assert set(stop) | {"enable", "markers_by_data_source"} == {f.name for f in fields(StopSettings)}
     settings = DuetSettings.from_mapping({"stop": stop})
     plan = DuetController(settings, group_size=8, response_cap=RESPONSE).plan(["7"], step=3)
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets[0])

@@ -57,8 +57,8 @@ def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
     assert "ray init" not in out.stdout.lower()
 
 
-@pytest.mark.parametrize("policy", ["uniform", "greso", "vip"])
-def test_each_baseline_policy_composes_and_passes_the_checks(policy, monkeypatch):
+@pytest.mark.parametrize("policy", ["greso"])  # every baseline composes in tests/recipes (METHOD=uniform|greso|vip)
+def test_a_baseline_policy_composes_and_passes_the_checks(policy, monkeypatch):
     """A baseline needs neither DUET's agent loop nor its vLLM server: it runs no stop/abort monitor."""
     monkeypatch.setenv("DRY_RUN", "1")
     overrides = (f"duet.policy={policy}", "actor_rollout_ref.actor.use_dynamic_bsz=true")

@@ -21,16 +21,10 @@ ENGINES = ("fsdp", "megatron")
 BUDGETS = ("1.0", "0.5", "0.25")
 VAL_SETS = ("math500", "aime2024", "gsm8k", "humaneval", "gpqa_diamond")
 CASES = [
-    (family, method, engine, BUDGETS[(i + j + k) % len(BUDGETS)])
-    for i, family in enumerate(FAMILIES)
-    for j, method in enumerate(METHODS)
+    (list(FAMILIES)[(j + k) % len(FAMILIES)], method, engine, BUDGETS[(j + 2 * k) % len(BUDGETS)])
+    for j, method in enumerate(METHODS + BASELINE_POLICIES)
     for k, engine in enumerate(ENGINES)
-]  # every recipe x method x engine; the budgets rotate so each (recipe, method) meets at least two of them
-CASES += [
-    (list(FAMILIES)[j], policy, engine, BUDGETS[(j + k) % len(BUDGETS)])
-    for j, policy in enumerate(BASELINE_POLICIES)
-    for k, engine in enumerate(ENGINES)
-]  # each baseline policy in one family, with both engines
+]  # every method with both engines; the families rotate (each script with each engine twice), the budgets too
 
 
 def run_recipe(recipe: str, *overrides: str, dry_run: bool = True, **env: str) -> subprocess.CompletedProcess:
