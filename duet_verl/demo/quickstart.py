@@ -36,6 +36,7 @@ BASELINES = ("uniform", "greso", "vip")
 METHODS = ("grpo", "grpo-aa", "duet", "duet-alloc", "duet-stop", *BASELINES)
 AA_SEED_OFFSET = 1000
 DEVICES = ("cpu", "cuda")
+RUN_RECORD = "run.json"  # a finished run's summary and the command that produced it
 
 
 @dataclass(frozen=True)
@@ -285,11 +286,16 @@ def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run
     """Train one policy (seed ``cfg.seed``) in a subprocess writing to ``run_dir``, printing progress; returns its
     summary entry."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "duet_verl.main", *policy_overrides(policy, cfg, paths, run_dir)]
+    finished = finished_run(run_dir, command)
+    if finished is not None:
+        _log(f"{policy.name} seed {cfg.seed}: reusing the finished run in {run_dir} (same command)")
+        return finished
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
+    (run_dir / RUN_RECORD).unlink(missing_ok=True)
     for old in (run_dir / "validation").glob("*.jsonl"):
         old.unlink()
-    command = [sys.executable, "-m", "duet_verl.main", *policy_overrides(policy, cfg, paths, run_dir)]
     (run_dir / "command.txt").write_text(" \\\n  ".join(command) + "\n")
     _log(f"{policy.name} seed {cfg.seed}: training {cfg.steps} steps (log: {run_dir / 'train.log'})")
     start = time.monotonic()
@@ -312,7 +318,19 @@ def run_policy(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str], run
     if proc.returncode != 0:
         tail = (run_dir / "train.log").read_text()[-3000:]
         raise RuntimeError(f"{policy.name} failed (exit {proc.returncode}); see {run_dir / 'train.log'}\n{tail}")
-    return summarize_run(policy, run_dir, wall) | {"seed": cfg.seed}
+    run = summarize_run(policy, run_dir, wall) | {"seed": cfg.seed}
+    (run_dir / RUN_RECORD).write_text(json.dumps({"command": command, "run": run}, indent=2))
+    return run
+
+
+def finished_run(run_dir: Path, command: list[str]) -> dict[str, Any] | None:
+    """The summary of a run that finished in ``run_dir`` with exactly ``command`` (so an interrupted
+    ``--seeds N`` experiment resumes where it stopped), else ``None``."""
+    record = run_dir / RUN_RECORD
+    if not record.exists():
+        return None
+    saved = json.loads(record.read_text())
+    return saved["run"] if saved.get("command") == command else None
 
 
 def progress_line(row: dict[str, Any], steps: int) -> str:

@@ -1,6 +1,7 @@
 """The quickstart's paired-seed experiment: statistics, aggregation over seeds, the new policies."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -166,3 +167,24 @@ def test_quickstart_refuses_tasks_that_cannot_fill_its_sets_before_building_anyt
     with pytest.raises(SystemExit) as exit_info:  # argparse's error: exit status 2, the reason on stderr
         main(["quickstart", "--out", str(tmp_path / "qs"), "--task", task])
     assert exit_info.value.code == 2 and not (tmp_path / "qs").exists() and message in capsys.readouterr().err
+
+
+def test_an_interrupted_experiment_reuses_only_runs_that_finished_with_the_same_command(tmp_path, monkeypatch):
+    from duet_verl.demo import quickstart
+
+    cfg = QuickstartConfig(out=str(tmp_path), steps=2)
+    paths = {"model": "m", "tokenizer": "t", "train": "tr.parquet", "val": "va.parquet"}
+    policy = parse_policy("duet@0.5")
+    command = [quickstart.sys.executable, "-m", "duet_verl.main", *policy_overrides(policy, cfg, paths, tmp_path)]
+    assert quickstart.finished_run(tmp_path, command) is None  # nothing ran yet
+    run = {"method": "duet", "budget": 0.5, "seed": 0, "wall_clock_s": 12.0}
+    (tmp_path / quickstart.RUN_RECORD).write_text(json.dumps({"command": command, "run": run}))
+    assert quickstart.finished_run(tmp_path, command) == run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(quickstart.subprocess, "Popen", no_training)
+    assert quickstart.run_policy(policy, cfg, paths, tmp_path) == run
+    other = quickstart.policy_overrides(policy, replace(cfg, steps=3), paths, tmp_path)
+    assert quickstart.finished_run(tmp_path, [quickstart.sys.executable, "-m", "duet_verl.main", *other]) is None
