@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policies",
         default=",".join(defaults.policies),
         help="comma-separated method@budget, methods: grpo, grpo-aa (A/A arm: GRPO on other seeds), duet, "
-        "duet-alloc (allocation only), duet-stop (stop/abort only), and the baselines uniform, greso, vip "
+        "duet-alloc (allocation only), duet-stop (stop/abort only), and the baselines uniform, greso, vip, arrol "
         "(duet.policy)",
     )
     quick.add_argument("--seed", type=int, default=defaults.seed)

@@ -4,8 +4,8 @@
 # top-p 0.95, prompts <= 512 and responses <= 3072 tokens, 4 epochs, mean@4 validation; one 8-GPU node.
 #
 # Environment (default in brackets); a bad value exits with status 2 naming the variable:
-#   METHOD          duet | grpo | dapo | uniform | greso | vip                          [duet]
-#                   (uniform, greso, vip: the budget-aware baselines as duet.policy, README "Budget-aware
+#   METHOD          duet | grpo | dapo | uniform | greso | vip | arrol                  [duet]
+#                   (uniform, greso, vip, arrol: the budget-aware baselines as duet.policy, README "Budget-aware
 #                   baselines"; VIP's paper bounds [4, 16] are GROUP=16, whose budget is b x 16 rollouts' tokens)
 #   BUDGET          token budget fraction b in (0, 1]: duet.budget for DUET and the baselines; GRPO and DAPO get
 #                   round(b*G) rollouts per prompt (the same token budget with fewer rollouts) [1.0]
@@ -47,8 +47,8 @@ LOGGER=${LOGGER:-[console,file]}
 : "${MODEL:?the family script sets MODEL}"
 
 case "$METHOD" in
-  duet | grpo | dapo | uniform | greso | vip) ;;
-  *) recipe_fail "METHOD=$METHOD: must be duet, grpo, dapo, uniform, greso or vip" ;;
+  duet | grpo | dapo | uniform | greso | vip | arrol) ;;
+  *) recipe_fail "METHOD=$METHOD: must be duet, grpo, dapo, uniform, greso, vip or arrol" ;;
 esac
 case "$ENGINE" in fsdp | megatron) ;; *) recipe_fail "ENGINE=$ENGINE: must be fsdp or megatron" ;; esac
 for var in NNODES NGPUS_PER_NODE GROUP EPOCHS ROLLOUT_TP MEGATRON_TP MEGATRON_PP; do
@@ -148,6 +148,13 @@ case "$METHOD" in
   uniform | greso | vip)
     # the same token accounting, metrics and checkpoint state as DUET, another allocation rule (core/policies)
     METHOD_ARGS=(algorithm.adv_estimator=duet_grpo duet.enable=true duet.policy="$METHOD" duet.budget="$BUDGET")
+    ;;
+  arrol)
+    # ARRoL prunes inside the rollout server through DUET's monitor: DUET's agent loop carries its probe there
+    METHOD_ARGS=(
+      algorithm.adv_estimator=duet_grpo actor_rollout_ref.rollout.agent.default_agent_loop=duet_single_turn
+      duet.enable=true duet.policy=arrol duet.budget="$BUDGET"
+    )
     ;;
   grpo)
     METHOD_ARGS=(duet.enable=false algorithm.adv_estimator=grpo actor_rollout_ref.rollout.n="$N_BASELINE")

@@ -165,3 +165,33 @@ def check_seeded_samples_repeat_in_any_batch(harness: EngineHarness, count: int 
     assert harness.run(crowded(seed)) == first
     assert harness.run(alone(seed)) == first
     assert harness.run(alone(sample_seed(1234, 1))) != first
+
+
+def check_arrol_probe_prunes_in_the_engine(harness: EngineHarness, tokenizer, count: int = 8) -> None:
+    """ARRoL's probe (no DUET stop/abort) in the real engine: with keep ~0 each request ends at the detection
+    length, pruned, and leaves the engine; with keep 1 each runs to ``max_tokens``; both report the probe's features
+    (and, as nothing needs text, vLLM detokenizes nothing)."""
+    from vllm import SamplingParams
+
+    from duet_verl.core.probe import PROBE_FEATURES, ProbeRule
+
+    def request(keep: float) -> MonitoredRequest:
+        probe = ProbeRule(16, (0.5, 0.0, -1.0, 0.5), 0.1, keep, keep)
+        return stop_rule(tokenizer.eos_token_id, stop_abort=False, probe=probe)
+
+    params = SamplingParams(max_tokens=64, temperature=1.0, ignore_eos=True)
+
+    async def many(keep: float):
+        return await asyncio.gather(*(harness.one([5 + i, 6, 7], params, request(keep)) for i in range(count)))
+
+    for final, monitored in harness.run(many(1e-12)):
+        completion, report = final.outputs[0], monitored.report()
+        assert completion.finish_reason == ABORT_FINISH_REASON and len(completion.token_ids) == 16
+        assert report.outcome == "pruned" and report.length == 16 and len(report.probe_features) == len(PROBE_FEATURES)
+        assert 0.0 < report.probe_score < 1.0 and monitored.decode is None
+        assert all(p[t].decoded_token is None for p, t in zip(completion.logprobs, completion.token_ids, strict=True))
+    for final, monitored in harness.run(many(1.0)):
+        report = monitored.report()
+        assert len(final.outputs[0].token_ids) == 64 and report.outcome == "length_cap" and report.probe_features
+        assert monitored.monitor.tokens_seen < 64  # reading stopped once the probe had decided
+    assert harness.unfinished() == 0

@@ -18,7 +18,9 @@ Where the server hands over its tokenizer (DUET's vLLM server does), the monitor
 with the tokenizer's incremental decoder (tokenizers' ``DecodeStream``, what vLLM's own fast detokenizer runs) and
 the request goes to vLLM with ``detokenize=False``: vLLM then no longer decodes every log-prob alternative (and
 re-decodes each with its context) in its front end, the larger part of what DUET's log-probs cost (measured with
-``duet-verl bench --vllm``). Without a tokenizer the engine's ``decoded_token`` is read instead.
+``duet-verl bench --vllm``). Without a tokenizer the engine's ``decoded_token`` is read instead. A rule without DUET's
+stop/abort (ARRoL's probe alone) reads no text: nothing is decoded. Once the monitor can decide nothing more (an
+ε-kept or length-explored rollout, a probe past its detection length), the rest of the stream is not read.
 
 A server hands a request's monitor to the engine wrapper through a :class:`contextvars.ContextVar`
 (:func:`with_monitor` / :func:`monitored_generate`), never through a table keyed by request id: verl's
@@ -93,6 +95,7 @@ class MonitoredRequest:
     def __init__(self, rule: RolloutStopRule):
         self.eos_token_id = rule.eos_token_id
         self.top_k = rule.top_logprobs
+        self.needs_text = rule.monitor.stop_abort  # answer markers are searched in the text (a probe reads none)
         self.max_tokens: int | None = None  # the engine's cap for this request, set by the engine wrapper
         self.monitor = StopAbortMonitor(rule.monitor)
         self.seen = 0  # tokens already fed
@@ -107,8 +110,11 @@ class MonitoredRequest:
         """Feed the tokens of ``completion`` (cumulative) not seen yet; returns the first non-continue action."""
         if self.decision is not Action.CONTINUE:
             return self.decision
-        start = time.perf_counter_ns()
         token_ids, logprobs = completion.token_ids, completion.logprobs
+        if self.monitor.idle:  # nothing left to decide: the rest of the rollout is not read
+            self.seen = len(token_ids)
+            return self.decision
+        start = time.perf_counter_ns()
         if logprobs is None:
             raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
         on_token, top_k, decode = self.monitor.on_token, self.top_k, self.decode
@@ -124,6 +130,8 @@ class MonitoredRequest:
                 text, top = position[token_ids[i]].decoded_token, top_logprobs_of(position, top_k)
             if decode is not None:
                 text = decode(token_ids[i])
+            elif not self.needs_text:
+                text = ""
             if text is None:
                 raise RuntimeError(
                     "DUET's stop rule needs decoded tokens to find answer markers, but the engine returned "
@@ -287,10 +295,11 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], token
             return
         params = sampling_params.clone()
         params.logprobs = max(request.top_k, params.logprobs or 0)
-        decode = None if getattr(params, "stop", None) else token_decoder(tokenizer, _prompt_ids(prompt))
+        plain = getattr(params, "stop", None) or not request.needs_text  # vLLM decodes / nobody needs text
+        decode = None if plain else token_decoder(tokenizer, _prompt_ids(prompt))
         request.decode = decode
         if hasattr(params, "detokenize"):
-            params.detokenize = decode is None
+            params.detokenize = bool(getattr(params, "stop", None)) or (decode is None and request.needs_text)
         if hasattr(params, "flat_logprobs"):
             params.flat_logprobs = True  # vLLM keeps the log-probs in flat lists, not an object per alternative
         request.max_tokens = getattr(params, "max_tokens", None)

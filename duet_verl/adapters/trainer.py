@@ -35,7 +35,7 @@ from duet_verl.adapters.compat import checkpoint_folder, set_replay_poll_interva
 from duet_verl.adapters.config_check import duet_settings_from_config
 from duet_verl.adapters.estimator import DUET_ESTIMATOR
 from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING, DuetController, StepObservation
-from duet_verl.core.monitor import Outcome
+from duet_verl.core.monitor import DROPPED_OUTCOMES
 from duet_verl.core.protocol import RULE_COLUMN, WIRE_KEY, PromptStopRule, RolloutReport
 from duet_verl.verifiers.registry import marker_domains_for
 
@@ -220,7 +220,7 @@ class DuetPPOTrainerSync(PPOTrainerSync):
             norm_by_std=bool(self.config.algorithm.get("norm_adv_by_std_in_grpo", True)),
         )
         # 3. write advantages, returns and every mask the loss reads back to TransferQueue
-        in_loss = torch.tensor([r.outcome is not Outcome.ABORTED for r in step.reports]) & ~padding
+        in_loss = torch.tensor([r.outcome not in DROPPED_OUTCOMES for r in step.reports]) & ~padding
         nested = step.data["response_mask"]
         fields = {"advantages": out.advantages, "returns": out.returns}
         for name in LOSS_MASK_FIELDS:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["require_positive_ints", "require_probabilities"]
+__all__ = ["require_fractions", "require_positive_ints", "require_probabilities"]
 
 
 def require_positive_ints(**values: Any) -> None:
@@ -21,3 +21,10 @@ def require_probabilities(**values: Any) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
             raise ValueError(f"{name} must be a probability in (0, 1], got {value!r}")
+
+
+def require_fractions(**values: Any) -> None:
+    """Raise ``ValueError`` naming the first value that is not a number in ``[0, 1]``."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")

@@ -21,8 +21,9 @@ import torch
 from duet_verl.core.advantage import WeightedAdvantage, duet_advantage
 from duet_verl.core.allocator import Allocation, token_budget
 from duet_verl.core.gates import GateEstimator, stop_thresholds
-from duet_verl.core.monitor import Outcome
-from duet_verl.core.policies import AllocationRequest, build_policy
+from duet_verl.core.monitor import DROPPED_OUTCOMES, Outcome
+from duet_verl.core.policies import AllocationRequest, RolloutFeedback, build_policy
+from duet_verl.core.probe import PROBE_FEATURES
 from duet_verl.core.protocol import PromptStopRule, RolloutReport
 from duet_verl.core.settings import DuetSettings
 from duet_verl.core.surrogate import PromptSurrogate, group_signal_std, pearson, signal_advantages
@@ -125,7 +126,8 @@ class DuetController:
 
     @property
     def monitors(self) -> bool:
-        """Whether this run's rollouts carry stop rules: the policy runs the monitor and ``duet.stop.enable``."""
+        """Whether this run's rollouts carry stop rules: the policy runs the monitor (DUET's stop/abort, or a
+        baseline's pruning probe) and ``duet.stop.enable``."""
         return self.policy.monitors and self.settings.stop.enable
 
     @property
@@ -148,6 +150,10 @@ class DuetController:
         rules: list[PromptStopRule | None] = [None] * len(ids)
         if self.monitors:
             rules = [stop.prompt_rule(self.gates.k1, self.gates.k2, float(t), s.seed, int(step)) for t in thresholds]
+            if chosen.probes is not None or not self.policy.stop_abort:
+                probes = chosen.probes or [None] * len(ids)
+                stop_abort = self.policy.stop_abort
+                rules = [rule.with_probe(probe, stop_abort) for rule, probe in zip(rules, probes, strict=True)]
         if features is not None:
             self._features.update(zip(ids, np.asarray(features, dtype=np.float64), strict=True))
         self.last_plan = StepPlan(
@@ -175,8 +181,10 @@ class DuetController:
         p_pre: torch.Tensor,
         norm_by_std: bool = True,
     ) -> WeightedAdvantage:
-        """DUET's weighted, abort-masked GRPO advantage of a step (rows as verl's, padding rows flagged)."""
+        """DUET's weighted, abort-masked GRPO advantage of a step (rows as verl's, padding rows flagged). A pruned
+        rollout was never scored: it leaves its group's baseline as well as the loss, like padding."""
         outcomes = [r.outcome for r in reports]
+        pruned = torch.tensor([o is Outcome.PRUNED for o in outcomes], dtype=torch.bool)
         weights = self.settings.weights
         out = duet_advantage(
             token_level_rewards,
@@ -185,7 +193,7 @@ class DuetController:
             p_pre=p_pre,
             eps_kept=torch.tensor([o is Outcome.EPS_KEPT for o in outcomes], dtype=torch.bool),
             aborted=torch.tensor([o is Outcome.ABORTED for o in outcomes], dtype=torch.bool),
-            padding=padding,
+            padding=padding.to(torch.bool) | pruned,
             eps_abort=self.settings.stop.eps_abort,
             norm_by_std=norm_by_std,
             **asdict(weights),
@@ -199,7 +207,8 @@ class DuetController:
         ids = np.asarray([str(p) for p in obs.prompt_ids], dtype=object)
         lengths = np.asarray(obs.response_lengths, dtype=np.float64)
         outcomes = np.asarray([r.outcome.value for r in obs.reports], dtype=object)
-        kept = outcomes != Outcome.ABORTED.value
+        kept = ~np.isin(outcomes, [o.value for o in DROPPED_OUTCOMES])
+        pruned = outcomes == Outcome.PRUNED.value
         advantages = signal_advantages(
             obs.scalar_advantages, obs.unweighted_advantages, self.settings.surrogate.sigma_from
         )
@@ -212,8 +221,9 @@ class DuetController:
         if obs.rewards is not None:
             scored = np.where(kept, np.asarray(obs.rewards, dtype=np.float64), 0.0)  # aborted: a failure
             by_prompt = {pid: [] for pid in unique}
-            for pid, r in zip(ids.tolist(), scored.tolist(), strict=True):
-                by_prompt[pid].append(r)
+            for pid, r, unscored in zip(ids.tolist(), scored.tolist(), pruned.tolist(), strict=True):
+                if not unscored:  # a pruned rollout has no reward at all
+                    by_prompt[pid].append(r)
             rewards = [by_prompt[p] for p in unique]
         missing = np.full(self.num_features, np.nan)
         feats = np.array([self._features.pop(pid, missing) for pid in unique], dtype=float)
@@ -224,7 +234,10 @@ class DuetController:
         self.surrogate.update(unique, sigma_arr, [kept_lengths[p] for p in unique], features=feats, rewards=rewards)
         self.gates.observe(lengths, censored=~kept)
         gates_updated = self.gates.step()
-        policy_metrics = self.policy.observe(unique, rewards, planned.step if planned else -1) if rewards else {}
+        step = planned.step if planned else -1
+        policy_metrics = self.policy.observe(unique, rewards, step) if rewards else {}
+        if obs.rewards is not None:
+            policy_metrics.update(self.policy.observe_rollouts(self._feedback(obs, pruned), step))
         observed = sigma_arr  # what the score predicts: sigma_t, or for pass_rate the group's reward variance
         if self.settings.surrogate.signal == "pass_rate":
             observed = np.array(
@@ -267,6 +280,23 @@ class DuetController:
             metrics["duet/abort_failed"] = float(sum(r.abort_failed for r in monitored))
         self._advantage_metrics = {}
         return metrics
+
+    def _feedback(self, obs: StepObservation, pruned: np.ndarray) -> RolloutFeedback:
+        """The step's single rollouts as :meth:`BudgetPolicy.observe_rollouts` reads them."""
+        width = len(PROBE_FEATURES)
+        features = np.array(
+            [r.probe_features if r.probe_features is not None else [np.nan] * width for r in obs.reports],
+            dtype=np.float64,
+        ).reshape(len(obs.reports), width)
+        return RolloutFeedback(
+            prompt_ids=[str(p) for p in obs.prompt_ids],
+            rewards=np.where(pruned, np.nan, np.asarray(obs.rewards, dtype=np.float64)),
+            pruned=pruned,
+            probe_scores=np.array([np.nan if r.probe_score is None else r.probe_score for r in obs.reports]),
+            probe_features=features,
+            tokens_generated=float(np.sum(obs.response_lengths)),
+            tokens_planned=self.last_plan.allocation.spent if self.last_plan is not None else 0.0,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (plain Python)."""

@@ -18,6 +18,10 @@ Phases, with ``t`` the number of tokens generated so far:
   ``1 - eps_abort``, otherwise keep the rollout to its natural end (``eps_kept``, importance weight
   ``1 / eps_abort``).
 
+A rule may also carry an ARRoL probe (:class:`~duet_verl.core.probe.ProbeRule`, ``duet.policy=arrol``): at token
+``probe.at`` the rollout is kept or pruned (outcome ``pruned``, ended through the abort path); with
+``stop_abort=False`` the phases above are skipped and only the probe runs.
+
 Markers are recognised wherever they appear in the response, not only in a trailing window, and the
 recorded ``marker_at`` is the check at which the marker was first noticed (granularity ``check_every``).
 """
@@ -32,10 +36,19 @@ from typing import Any
 
 from duet_verl.core.checks import require_positive_ints
 from duet_verl.core.markers import MarkerSpec, build_detectors
+from duet_verl.core.probe import ProbeFeatures, ProbeRule
 from duet_verl.core.rng import RolloutRandom
 from duet_verl.core.signals import SIGNALS
 
-__all__ = ["ENGINE_ENDINGS", "Action", "MonitorRecord", "Outcome", "StopAbortMonitor", "StopRuleConfig"]
+__all__ = [
+    "DROPPED_OUTCOMES",
+    "ENGINE_ENDINGS",
+    "Action",
+    "MonitorRecord",
+    "Outcome",
+    "StopAbortMonitor",
+    "StopRuleConfig",
+]
 
 
 class Action(IntEnum):
@@ -56,9 +69,11 @@ class Outcome(str, Enum):
     NATURAL_EOS = "natural_eos"
     LENGTH_CAP = "length_cap"
     ENGINE_ABORTED = "engine_aborted"  # the engine ended the request itself (e.g. verl's abort_all_requests)
+    PRUNED = "pruned"  # ARRoL's probe pruned it: it leaves the loss and its group's baseline
 
 
 ENGINE_ENDINGS = (Outcome.NATURAL_EOS, Outcome.LENGTH_CAP, Outcome.ENGINE_ABORTED)
+DROPPED_OUTCOMES = (Outcome.ABORTED, Outcome.PRUNED)  # rollouts that leave the loss
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ class StopRuleConfig:
     eps_len: float = 0.05
     eps_abort: float = 0.05
     markers: MarkerSpec = field(default_factory=MarkerSpec)
+    stop_abort: bool = True  # run DUET's marker stop and abort (false: only the probe, if any)
+    probe: ProbeRule | None = None  # ARRoL's pruning probe
 
     def __post_init__(self):
         for name in ("k1", "k2", "min_tokens", "grace"):
@@ -106,6 +123,7 @@ class StopRuleConfig:
         """Plain-Python form for ``sampling_params["extra_args"]``."""
         out = asdict(self)
         out["markers"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["markers"].items()}
+        out["probe"] = None if self.probe is None else self.probe.to_dict()
         return out
 
     @classmethod
@@ -118,6 +136,8 @@ class StopRuleConfig:
             data["markers"] = markers
         elif markers is not None:
             data["markers"] = markers
+        if isinstance(data.get("probe"), dict):
+            data["probe"] = ProbeRule.from_dict(data["probe"])
         return cls(**data)
 
 
@@ -130,6 +150,8 @@ class MonitorRecord:
     marker_at: int | None = None
     ended_at: int | None = None
     length_explored: bool = False  # a stop was skipped with probability eps_len
+    probe_features: list[float] | None = None  # what ARRoL's probe read at its detection length
+    probe_score: float | None = None  # the head's success probability there
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (outcome as its string value)."""
@@ -160,6 +182,9 @@ class StopAbortMonitor:
         "_hysteresis",
         "_signal",
         "_rng",
+        "_probe",
+        "_probe_until",
+        "_probe_features",
     )
 
     def __init__(self, config: StopRuleConfig):
@@ -177,10 +202,17 @@ class StopAbortMonitor:
         self._hysteresis = config.hysteresis
         self._signal = None if config.signal == "margin" else SIGNALS[config.signal]
         self._rng = RolloutRandom(config.seed)
+        self._probe = config.probe
+        self._probe_until = config.probe.at if config.probe is not None else 0
+        self._probe_features = ProbeFeatures() if config.probe is not None else None
+        if not config.stop_abort:
+            self._mode = _FREE
 
     def on_token(self, text: str, top_logprobs: Sequence[float]) -> Action:
         """Advance by one generated token. ``top_logprobs`` are in descending order (at least one)."""
         self._t += 1
+        if self._t <= self._probe_until and self._probe_token(top_logprobs):
+            return Action.ABORT
         mode = self._mode
         if mode == _ARMED:
             if self._signal is None:  # margin, inlined: p1 - p2 <= p1, so p1 <= threshold needs no second exp
@@ -204,6 +236,12 @@ class StopAbortMonitor:
         if self._t < self._next_check:
             return _CONTINUE
         return self._checkpoint()
+
+    @property
+    def idle(self) -> bool:
+        """No decision can follow any more (the phases are over and the probe, if any, has read its tokens): the
+        server may stop feeding tokens."""
+        return self._mode == _FREE and self._t >= self._probe_until
 
     @property
     def tokens_seen(self) -> int:
@@ -247,6 +285,22 @@ class StopAbortMonitor:
             return self._end(Outcome.ABORTED, Action.ABORT)
         self._next_check = min(self._t + cfg.check_every, self._deadline)
         return Action.CONTINUE
+
+    def _probe_token(self, top_logprobs: Sequence[float]) -> bool:
+        """Feed ARRoL's probe; at its detection length score the rollout and draw whether it is pruned."""
+        if self.record.outcome is not Outcome.RUNNING and self.record.outcome is not Outcome.EPS_KEPT:
+            return False  # a decision was already taken
+        features = self._probe_features
+        features.add(top_logprobs)
+        if self._t < self._probe_until:
+            return False
+        values = features.values()
+        q, keep = self._probe.keep_probability(values)
+        self.record.probe_features, self.record.probe_score = values, q
+        if self._rng.uniform() < keep:
+            return False
+        self._end(Outcome.PRUNED, Action.ABORT)
+        return True
 
     def _confident_stop(self) -> Action:
         if self._rng.uniform() < self.config.eps_len:

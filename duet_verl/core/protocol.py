@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from duet_verl.core.monitor import MonitorRecord, Outcome, StopRuleConfig
+from duet_verl.core.probe import ProbeRule
 from duet_verl.core.rng import rollout_seed
 
 __all__ = ["RULE_COLUMN", "SAMPLING_SEED_COLUMN", "WIRE_KEY", "PromptStopRule", "RolloutReport", "RolloutStopRule"]
@@ -82,6 +83,10 @@ class PromptStopRule:
         markers = replace(self.monitor.markers, domains=tuple(domains))
         return replace(self, monitor=replace(self.monitor, markers=markers))
 
+    def with_probe(self, probe: ProbeRule | None, stop_abort: bool) -> PromptStopRule:
+        """The same rule with ARRoL's pruning probe, and DUET's stop/abort on or off."""
+        return replace(self, monitor=replace(self.monitor, probe=probe, stop_abort=stop_abort))
+
     def for_rollout(self, rollout_id: str, eos_token_id: int) -> RolloutStopRule:
         """The rule of one rollout: the seed depends only on (run seed, step, rollout id)."""
         seed = rollout_seed(self.run_seed, self.step, rollout_id)
@@ -115,6 +120,8 @@ class RolloutReport:
     abort_failed: bool = False  # the engine did not carry out a stop/abort; the rollout ran to its end
     monitor_ns: int = 0  # time spent in the monitor
     monitored: bool = True
+    probe_features: list[float] | None = None  # ARRoL: what the probe read at its detection length
+    probe_score: float | None = None  # ARRoL: the quality head's success probability there
 
     @classmethod
     def from_record(cls, record: MonitorRecord, **server_fields: Any) -> RolloutReport:
@@ -124,6 +131,8 @@ class RolloutReport:
             marker_at=record.marker_at,
             ended_at=record.ended_at,
             length_explored=record.length_explored,
+            probe_features=record.probe_features,
+            probe_score=record.probe_score,
             **server_fields,
         )
 

@@ -27,12 +27,14 @@ from duet_verl.core.gates import GateEstimator, check_threshold_options, stop_th
 from duet_verl.core.markers import MarkerSpec
 from duet_verl.core.monitor import StopRuleConfig
 from duet_verl.core.policies import check_policy_name
+from duet_verl.core.policies.arrol import ArrolPolicy
 from duet_verl.core.policies.greso import GresoPolicy
 from duet_verl.core.policies.vip import VipPolicy, vip_bounds
 from duet_verl.core.protocol import PromptStopRule
 from duet_verl.core.surrogate import PromptSurrogate, check_sigma_source, signal_advantages
 
 __all__ = [
+    "ArrolSettings",
     "DuetSettings",
     "ExploreSettings",
     "GateSettings",
@@ -76,6 +78,7 @@ _EXPLORE = _defaults(measurement_floor)
 _SIGMA_FROM = _defaults(signal_advantages)["sigma_from"]
 _GRESO = _defaults(GresoPolicy)
 _VIP = _defaults(VipPolicy)
+_ARROL = _defaults(ArrolPolicy)
 
 
 @dataclass(frozen=True)
@@ -285,11 +288,38 @@ class VipSettings:
 
 
 @dataclass(frozen=True)
+class ArrolSettings:
+    """``duet.policy=arrol`` (arXiv 2603.24840): at ``detect_at`` tokens a quality head scores each rollout and the
+    monitor prunes it so that about ``keep`` of a group survives, ``target`` of the survivors correct (each keep
+    probability at least ``min_keep``); no pruning for ``warmup_steps`` steps, the head refitted each step on the
+    last ``buffer`` probed rollouts (from ``min_samples`` on, L2 strength ``regularization``); the budget is divided
+    by the measured spend ratio (moving average with weight ``spend_smoothing``) so pruning's savings buy rollouts."""
+
+    detect_at: int = _ARROL["detect_at"]
+    keep: float = _ARROL["keep"]
+    target: float = _ARROL["target"]
+    min_keep: float = _ARROL["min_keep"]
+    warmup_steps: int = _ARROL["warmup_steps"]
+    buffer: int = _ARROL["buffer"]
+    min_samples: int = _ARROL["min_samples"]
+    regularization: float = _ARROL["regularization"]
+    spend_smoothing: float = _ARROL["spend_smoothing"]
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~duet_verl.core.policies.arrol.ArrolPolicy` (without ``max_rollouts``)."""
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad key."""
+        _relabel("arrol.", lambda: ArrolPolicy(**self.kwargs()))
+
+
+@dataclass(frozen=True)
 class DuetSettings:
     """The whole ``duet:`` section."""
 
     enable: bool = True
-    policy: str = "duet"  # duet | uniform | greso | vip (core/policies); all share budget, metrics and checkpoint
+    policy: str = "duet"  # duet | uniform | greso | vip | arrol (core/policies); they share budget, metrics, state
     budget: float = 0.5  # fraction b of GRPO's token cost; the paper's main setting
     n_min: int = _ALLOCATION["n_min"]
     n_max: int = _ALLOCATION["n_max"]
@@ -305,6 +335,7 @@ class DuetSettings:
     weights: WeightSettings = field(default_factory=WeightSettings)
     greso: GresoSettings = field(default_factory=GresoSettings)
     vip: VipSettings = field(default_factory=VipSettings)
+    arrol: ArrolSettings = field(default_factory=ArrolSettings)
 
     def validate(self, group_size: int | None = None) -> DuetSettings:
         """Check every value; with ``group_size`` (verl's ``rollout.n``) also that the budget is feasible."""
@@ -323,7 +354,10 @@ class DuetSettings:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"duet.seed must be an integer, got {self.seed!r}")
         _relabel("", lambda: check_policy_name(self.policy))
-        for part in (self.surrogate, self.explore, self.stop, self.gates, self.weights, self.greso, self.vip):
+        if self.policy == ArrolPolicy.name and not self.stop.enable:
+            raise ValueError("duet.stop.enable=false turns off the monitor that duet.policy=arrol prunes through")
+        parts = (self.surrogate, self.explore, self.stop, self.gates, self.weights, self.greso, self.vip, self.arrol)
+        for part in parts:
             part.validate()
         return self
 

@@ -32,7 +32,10 @@ __all__ = ["METHODS", "Policy", "QuickstartConfig", "aggregate_runs", "parse_pol
 # grpo: GRPO with round(b * G) rollouts; grpo-aa: the same with other seeds (data order, sampling), the A/A arm that
 # sizes the noise; duet: allocation + stop/abort; duet-alloc: allocation only; duet-stop: stop/abort only; the
 # budget-aware baselines run as duet.policy through DUET's trainer at the same token budget (BASELINES).
-BASELINES = ("uniform", "greso", "vip")
+BASELINES = ("uniform", "greso", "vip", "arrol")
+# the baselines' settings sized for the quickstart's short rollouts and 16 steps (the defaults are the papers'): ARRoL
+# scores a rollout after 16 tokens instead of 512, and trains its head for 4 steps instead of 20 before pruning
+BASELINE_OVERRIDES = {"arrol": ["duet.arrol.detect_at=16", "duet.arrol.warmup_steps=4"]}
 METHODS = ("grpo", "grpo-aa", "duet", "duet-alloc", "duet-stop", *BASELINES)
 AA_SEED_OFFSET = 1000
 DEVICES = ("cpu", "cuda")
@@ -220,7 +223,8 @@ def policy_overrides(policy: Policy, cfg: QuickstartConfig, paths: dict[str, str
     if grpo:
         return [*common, "duet.enable=false", "algorithm.adv_estimator=grpo"]
     if policy.method in BASELINES:
-        return [*common, "duet.enable=true", f"duet.budget={policy.budget}", f"duet.policy={policy.method}"]
+        sized = BASELINE_OVERRIDES.get(policy.method, [])
+        return [*common, "duet.enable=true", f"duet.budget={policy.budget}", f"duet.policy={policy.method}", *sized]
     duet = [
         "duet.enable=true",
         f"duet.budget={policy.budget}",

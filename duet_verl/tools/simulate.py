@@ -13,7 +13,10 @@ non-zero advantage and a small global transfer. Each prompt has a typical length
 length), a wrong one with the prompt's habit. Stop/abort is applied statistically with the controller's gates:
 a marker seen after ``K1`` may stop the rollout shortly after (confidence 0.7, skipped with ``eps_len``); with no
 marker by ``K2 + grace`` the rollout is aborted with probability ``1 - eps_abort`` (its answer lost), else
-ε-kept (``eps_kept_correct_fraction``: how many of those still ended correct). Each row is one column whose
+ε-kept (``eps_kept_correct_fraction``: how many of those still ended correct). A policy's pruning probe (ARRoL)
+reads, at its detection length, synthetic features whose mean shifts with the rollout's success by ``probe_signal``
+standard deviations (an assumption: how much a partial rollout's log-probs give away), and keeps or prunes the rollout
+with the probe's own rule (:meth:`~duet_verl.core.probe.ProbeRule.keep_probability`). Each row is one column whose
 mask value is the rollout's length, so ``max_row_share`` (the largest row's share of ``Σ|w·A|·len``, mean over
 steps) is the trainer's.
 
@@ -43,6 +46,7 @@ from duet_verl.core.controller import DuetController, StepObservation
 from duet_verl.core.monitor import Outcome
 from duet_verl.core.policies import POLICIES
 from duet_verl.core.policies.duet import grpo_count
+from duet_verl.core.probe import PROBE_FEATURES, ProbeRule
 from duet_verl.core.protocol import RolloutReport
 from duet_verl.core.settings import DuetSettings
 
@@ -72,6 +76,7 @@ class SimConfig:
     transfer: float = 0.3  # logit drift of every learnable prompt per step, times the step's gradient fraction
     policies: tuple[str, ...] = ("grpo@1.0", "grpo@0.5", "duet@0.5", "duet-old@0.5")
     duet: dict[str, Any] = field(default_factory=dict)  # overrides of the default DUET settings (a duet: mapping)
+    probe_signal: float = 1.0  # shift, in standard deviations, of a successful rollout's probe features
 
 
 @dataclass
@@ -108,10 +113,22 @@ class _Rollouts:
     length: np.ndarray
     outcome: list[Outcome]
     logprob_sum: np.ndarray
+    probe_features: np.ndarray  # (N, F), NaN where no probe read the rollout
+    probe_score: np.ndarray  # (N,), NaN where no probe read the rollout
+
+
+_PROBE_DIRECTION = np.array([1.0, 0.5, 0.5, 1.0])  # how the success shift spreads over PROBE_FEATURES
 
 
 def _draw_rollouts(
-    pop: _Population, idx: np.ndarray, n: np.ndarray, rng: np.random.Generator, ctl: DuetController | None, cap: int
+    pop: _Population,
+    idx: np.ndarray,
+    n: np.ndarray,
+    rng: np.random.Generator,
+    ctl: DuetController | None,
+    cap: int,
+    probes: list[ProbeRule | None] | None = None,
+    probe_signal: float = 1.0,
 ) -> _Rollouts:
     prompt = np.repeat(idx, n)
     size = prompt.size
@@ -123,7 +140,18 @@ def _draw_rollouts(
     length = natural.copy()
     outcome = np.where(natural >= cap, Outcome.LENGTH_CAP.value, Outcome.NATURAL_EOS.value).astype(object)
     reward = correct.astype(np.float64)
-    if ctl is not None and ctl.monitors:
+    features = np.full((size, len(PROBE_FEATURES)), np.nan)
+    score = np.full(size, np.nan)
+    if probes is not None:
+        for k, rule in enumerate(np.repeat(np.array(probes, dtype=object), n)):
+            if rule is None or natural[k] < rule.at:
+                continue
+            shift = (1.0 if correct[k] else -1.0) * probe_signal / 2.0
+            features[k] = rng.normal(0.0, 1.0, len(PROBE_FEATURES)) + shift * _PROBE_DIRECTION
+            score[k], keep = rule.keep_probability(features[k])
+            if rng.random() >= keep:
+                outcome[k], length[k], reward[k] = Outcome.PRUNED.value, rule.at, 0.0
+    if ctl is not None and ctl.monitors and ctl.policy.stop_abort:
         stop = ctl.settings.stop
         k1, k2 = ctl.gates.k1, ctl.gates.k2
         deadline = k2 + stop.grace
@@ -140,7 +168,7 @@ def _draw_rollouts(
         outcome[stops] = Outcome.STOPPED_AFTER_MARKER.value
         length[stops] = stop_at[stops]
     logprob_sum = -pop.entropy[prompt] * length * np.exp(rng.normal(0.0, 0.1, size))
-    return _Rollouts(prompt, reward, length, [Outcome(o) for o in outcome], logprob_sum)
+    return _Rollouts(prompt, reward, length, [Outcome(o) for o in outcome], logprob_sum, features, score)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -182,7 +210,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
         ctl = DuetController(settings, group_size=cfg.group_size, response_cap=cfg.cap)
     grpo_n = grpo_count(budget, cfg.group_size)
     totals = {"rollouts": 0.0, "gradient_rollouts": 0.0, "tokens": 0.0}
-    stuck, rhos, use, ess, aborted, eps_correct, share = [], [], [], [], [], [], []
+    stuck, rhos, use, ess, aborted, pruned, eps_correct, share = [], [], [], [], [], [], [], []
     step = 0
     for epoch in range(cfg.epochs):
         order = np.random.default_rng(cfg.seed + 100 + epoch).permutation(cfg.prompts)
@@ -203,7 +231,8 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
             else:
                 n, p_pre = np.full(idx.size, grpo_n), np.ones(idx.size)
             np.maximum.at(most, idx, n)
-            ro = _draw_rollouts(pop, idx, n, rng, ctl, cfg.cap)
+            probes = [rule.monitor.probe if rule else None for rule in plan.stop_rules] if ctl is not None else None
+            ro = _draw_rollouts(pop, idx, n, rng, ctl, cfg.cap, probes, cfg.probe_signal)
             rows = ro.prompt.size
             # one column per row: the reward, and a "mask" holding the row's length (its sum, which is all the
             # advantage reads of it besides masking: the scalar advantages and weights are the trainer's)
@@ -211,7 +240,15 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
             mask = torch.as_tensor(ro.length, dtype=torch.float64).view(-1, 1)
             gids = [f"q{i}" for i in ro.prompt]
             if ctl is not None:
-                reports = [RolloutReport(o, length=int(x)) for o, x in zip(ro.outcome, ro.length, strict=True)]
+                reports = [
+                    RolloutReport(
+                        o,
+                        length=int(x),
+                        probe_features=None if np.isnan(s) else f.tolist(),
+                        probe_score=None if np.isnan(s) else float(s),
+                    )
+                    for o, x, f, s in zip(ro.outcome, ro.length, ro.probe_features, ro.probe_score, strict=True)
+                ]
                 adv = ctl.advantage(
                     rewards,
                     mask,
@@ -233,6 +270,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
                 )
                 use.append(metrics["duet/tokens_vs_budget"])
                 aborted.append(metrics["duet/rate_aborted"])
+                pruned.append(metrics["duet/rate_pruned"])
                 if "duet/eps_kept_correct_fraction" in metrics:
                     eps_correct.append(metrics["duet/eps_kept_correct_fraction"])
                 if metrics.get("duet/gradient_rows", 0.0) > 0:
@@ -243,7 +281,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
             carrying = adv.scalar_advantages.numpy() != 0
             group_has = np.zeros(cfg.prompts, dtype=bool)
             group_has[ro.prompt[carrying]] = True
-            in_gradient_group = group_has[ro.prompt]
+            in_gradient_group = group_has[ro.prompt] & np.array([o is not Outcome.PRUNED for o in ro.outcome])
             totals["rollouts"] += rows
             totals["gradient_rollouts"] += float(in_gradient_group.sum())
             totals["tokens"] += float(ro.length.sum())
@@ -268,6 +306,7 @@ def run_policy(policy: str, cfg: SimConfig, out=sys.stderr) -> dict[str, float]:
         "budget_use": float(np.mean(use)) if use else float("nan"),
         "ess_fraction": float(np.mean(ess)) if ess else float("nan"),
         "aborted_fraction": float(np.mean(aborted)) if aborted else float("nan"),
+        "pruned_fraction": float(np.mean(pruned)) if pruned else float("nan"),
         "max_row_share": float(np.mean(share)) if share else float("nan"),
         "eps_kept_correct_fraction": float(np.mean(eps_correct)) if eps_correct else float("nan"),
         "k2_final": float(ctl.gates.k2) if ctl is not None else float("nan"),

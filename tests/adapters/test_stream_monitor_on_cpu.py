@@ -252,3 +252,34 @@ def test_token_decoder_rebuilds_the_text_vllm_would_show(tiny_assets):
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True) == text
     assert "" in pieces  # a character's first bytes add no text until it is complete
     assert token_decoder(object(), prompt) is None  # no fast backend: vLLM detokenizes instead
+
+
+def probe_only(keep: float, at: int = 6) -> MonitoredRequest:
+    """ARRoL's request as the server gets it: the probe alone, DUET's stop/abort off."""
+    from duet_verl.core.probe import PROBE_FEATURES, ProbeRule
+
+    probe = ProbeRule(at, (0.0,) * len(PROBE_FEATURES), 0.0, keep, keep)
+    return monitored(stop_abort=False, probe=probe)
+
+
+def test_a_probe_prunes_at_its_detection_length_without_reading_any_text():
+    engine = ScriptedEngine(script_with_marker(n_before=2, n_after=30), decoded=False)  # vLLM decodes nothing
+    request = probe_only(keep=1e-12)
+    final = gather(engine, request, Params(detokenize=True))[-1]
+    assert engine.received.detokenize is False and request.decode is None  # nobody decodes: no text is needed
+    comp = final.outputs[0]
+    assert comp.finish_reason == ABORT_FINISH_REASON and engine.closed and comp.token_ids == [0, 1, 50, 60, 61, 62]
+    report = request.report()
+    assert report.outcome == "pruned" and report.length == 6 and len(report.probe_features) == 4
+
+
+def test_a_kept_probe_lets_the_rollout_run_without_duets_stop_and_stops_reading():
+    engine = ScriptedEngine(script_with_marker(n_before=2, n_after=30), decoded=False)
+    request = probe_only(keep=1.0)
+    final = gather(engine, request)[-1]
+    comp = final.outputs[0]
+    # a marker followed by confident tokens, where DUET would stop: ARRoL runs on to the natural end
+    assert comp.finish_reason == "stop" and len(comp.token_ids) == 33 and not engine.closed
+    report = request.report()
+    assert report.outcome == "natural_eos" and report.length == 33 and report.probe_score == 0.5
+    assert request.monitor.tokens_seen == 6  # the monitor read the probe's 6 tokens and nothing after

@@ -18,7 +18,8 @@ from duet_verl.core.protocol import RolloutReport
 from duet_verl.core.rng import RolloutRandom, rollout_seed
 from duet_verl.core.settings import DuetSettings
 
-BASELINES = ("uniform", "greso", "vip")
+BASELINES = ("uniform", "greso", "vip", "arrol")
+PRE_ROLLOUT = ("uniform", "greso", "vip")  # the baselines that act before rollout only (no monitor)
 
 
 def controller(policy, group_size=8, **kw):
@@ -41,8 +42,9 @@ def observe(ctl, plan, pass_rate, rng, length=100):
 
 
 def test_registry_names_and_only_duet_monitors():
-    assert sorted(POLICIES) == ["duet", "greso", "uniform", "vip"]
-    assert [name for name, cls in POLICIES.items() if cls.monitors] == ["duet"]
+    assert sorted(POLICIES) == ["arrol", "duet", "greso", "uniform", "vip"]
+    assert [name for name, cls in POLICIES.items() if cls.monitors] == ["duet", "arrol"]
+    assert [name for name, cls in POLICIES.items() if cls.monitors and cls.stop_abort] == ["duet"]
     for name in POLICIES:
         assert build_policy(DuetSettings.from_mapping({"policy": name}), group_size=8).name == name
 
@@ -62,6 +64,13 @@ def test_registry_names_and_only_duet_monitors():
         ({"vip": {"refit_every": 0}}, "duet.vip.refit_every"),
         ({"vip": {"min_points": 1000}}, "duet.vip.min_points"),
         ({"vip": {"bogus": 1}}, "duet.vip.bogus"),
+        ({"arrol": {"detect_at": 0}}, "duet.arrol.detect_at"),
+        ({"arrol": {"keep": 0.0}}, "duet.arrol.keep"),
+        ({"arrol": {"target": 1.5}}, "duet.arrol.target"),
+        ({"arrol": {"min_keep": 0}}, "duet.arrol.min_keep"),
+        ({"arrol": {"warmup_steps": -1}}, "duet.arrol.warmup_steps"),
+        ({"arrol": {"regularization": 0}}, "duet.arrol.regularization"),
+        ({"policy": "arrol", "stop": {"enable": False}}, "duet.stop.enable"),
     ],
 )
 def test_bad_policy_settings_name_their_key(data, key):
@@ -69,7 +78,7 @@ def test_bad_policy_settings_name_their_key(data, key):
         DuetSettings.from_mapping(data).validate(group_size=8)
 
 
-@pytest.mark.parametrize("policy", BASELINES)
+@pytest.mark.parametrize("policy", PRE_ROLLOUT)
 def test_baselines_carry_no_stop_rule_and_weight_one(policy):
     plan = controller(policy).plan([f"p{i}" for i in range(6)], step=1)
     assert plan.stop_rules == [None] * 6 and not plan.monitored

@@ -1,8 +1,9 @@
 """End to end on CPU: each budget-aware baseline (``duet.policy``) trains through ``python -m duet_verl.main``.
 
 Two steps on a pool of four prompts, so the second step sees every prompt again: GRESO can skip a prompt whose first
-group was zero-variance (a prompt with no rollout at all in verl's batch), and VIP fits its Gaussian process on the
-first step's groups.
+group was zero-variance (a prompt with no rollout at all in verl's batch), VIP fits its Gaussian process on the
+first step's groups, and ARRoL's quality head learns from the first step's probed rollouts and prunes in the second,
+inside verl's vLLM server.
 """
 
 import json
@@ -23,6 +24,8 @@ CFG = QuickstartConfig(
 EXTRA = {
     "greso": ["duet.greso.p_easy=0.3", "duet.greso.p_hard=0.3", "duet.greso.adjust_step=0"],
     "vip": ["duet.vip.min_points=2"],
+    # ARRoL: probe after 8 tokens, one warm-up step, a head from 4 probed rollouts on
+    "arrol": ["duet.arrol.detect_at=8", "duet.arrol.warmup_steps=1", "duet.arrol.min_samples=4"],
 }
 
 
@@ -31,7 +34,8 @@ def assets(tmp_path_factory) -> dict[str, str]:
     return build_assets(CFG, tmp_path_factory.mktemp("baselines"))
 
 
-@pytest.mark.parametrize("method", ["greso", "vip"])  # uniform: DRY_RUN in tests/adapters (a run costs ~1.5 min)
+# uniform: DRY_RUN only, in tests/adapters (a run costs ~1.5 min)
+@pytest.mark.parametrize("method", ["greso", "vip", "arrol"])
 def test_baseline_trains_through_verl(method, assets, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()  # verl's file logger does not create the directory of VERL_FILE_LOGGER_PATH
@@ -47,8 +51,9 @@ def test_baseline_trains_through_verl(method, assets, tmp_path):
     rows = [json.loads(line) for line in Path(run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r["data"] for r in rows if "duet/tokens_generated" in r["data"]]
     assert len(steps) == 2
-    for data in steps:  # the shared accounting and metrics; no stop/abort monitor ran
-        assert data["duet/planned_tokens"] <= data["duet/budget_tokens"] + 1e-6
+    for data in steps:  # the shared accounting and metrics; DUET's stop/abort rule did not run
+        if method != "arrol":  # ARRoL plans beyond the budget what it expects pruning to save
+            assert data["duet/planned_tokens"] <= data["duet/budget_tokens"] + 1e-6
         assert data["duet/rate_aborted"] == 0.0 and data["duet/rate_stopped_after_marker"] == 0.0
         assert data["duet/score_mismatch"] == 0.0 and "actor/pg_loss" in data
     first, second = steps
@@ -60,6 +65,14 @@ def test_baseline_trains_through_verl(method, assets, tmp_path):
         assert zero_variance == 1.0, "the setup this test relies on changed: some first-step group had a success"
         assert second["duet/greso_skipped_fraction"] == 0.75 and second["duet/n_min"] == 0.0
         assert second["duet/rollouts"] == second["duet/n_total"]  # verl ran exactly the planned rollouts
+    if method == "arrol":
+        print({k: v for k, v in second.items() if "arrol" in k or "pruned" in k})
+        assert first["duet/arrol_pruning"] == 0.0 and first["duet/rate_pruned"] == 0.0  # the warm-up step
+        assert first["duet/arrol_probed_fraction"] > 0.5 and second["duet/arrol_examples"] > 0
+        # every group failed in step 1, so the head knows only the base rate and prunes at random, keeping about
+        # keep_probabilities(0.1, 0.5, 0.5, 0.1) = 0.28 of each group (prompt rate (0 + 1/2)/(4 + 1) = 0.1)
+        assert second["duet/arrol_pruning"] == 1.0 and second["duet/rate_pruned"] > 0.3
+        assert second["duet/rollouts"] == second["duet/n_total"] and second["duet/valid_fraction"] < 0.7
     if method == "vip":
         assert first["duet/vip_gp_fitted"] == 0.0 and second["duet/vip_gp_fitted"] == 1.0
         assert second["duet/n_min"] >= 1 and second["duet/n_max"] <= 4

@@ -23,6 +23,7 @@ from duet_verl.vllm_support.harness import EngineHarness  # noqa: E402
 from vllm_checks import (  # noqa: E402
     build_model,
     check_abort_returns_partial_tokens,
+    check_arrol_probe_prunes_in_the_engine,
     check_own_decoding_decides_as_vllms_detokenizer,
     check_plain_requests_pass_through,
     check_stop_after_a_real_boxed_answer,
@@ -61,3 +62,8 @@ def test_unmonitored_requests_pass_through(harness):
 def test_own_decoding_decides_as_vllms_detokenizer(harness):
     engine, tokenizer = harness
     check_own_decoding_decides_as_vllms_detokenizer(engine, tokenizer)
+
+
+def test_arrol_probe_prunes_in_the_engine(harness):
+    engine, tokenizer = harness
+    check_arrol_probe_prunes_in_the_engine(engine, tokenizer)

@@ -16,7 +16,7 @@ FAMILIES = {
     "llama3p2_3b": ("meta-llama/Llama-3.2-3B-Instruct", 2),
 }  # recipe -> (model, Megatron tensor-parallel size)
 METHODS = ("duet", "grpo", "dapo")
-BASELINE_POLICIES = ("uniform", "greso", "vip")  # duet.policy: the same overrides in every family
+BASELINE_POLICIES = ("uniform", "greso", "vip", "arrol")  # duet.policy: the same overrides in every family
 ENGINES = ("fsdp", "megatron")
 BUDGETS = ("1.0", "0.5", "0.25")
 VAL_SETS = ("math500", "aime2024", "gsm8k", "humaneval", "gpqa_diamond")
@@ -89,6 +89,9 @@ def test_dry_run_composes_the_paper_config(tmp_path, family, method, engine, bud
     elif method in BASELINE_POLICIES:
         assert cfg.duet.enable and cfg.duet.policy == method and cfg.duet.budget == float(budget) and rollout.n == 8
         assert cfg.algorithm.adv_estimator == "duet_grpo" and not cfg.algorithm.filter_groups.enable
+        if method == "arrol":  # its probe travels to the server through DUET's agent loop; the paper's settings
+            assert rollout.agent.default_agent_loop == "duet_single_turn" and cfg.duet.stop.enable
+            assert (cfg.duet.arrol.detect_at, cfg.duet.arrol.keep, cfg.duet.arrol.target) == (512, 0.5, 0.5)
     else:
         assert not cfg.duet.enable and cfg.algorithm.adv_estimator == "grpo"
         assert rollout.n == {"1.0": 8, "0.5": 4, "0.25": 2}[budget]  # round(b * G)

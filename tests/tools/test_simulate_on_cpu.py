@@ -65,7 +65,7 @@ def test_spearman_with_ties_and_degenerate_input():
         ["--policies", "vip"],
         ["--batch", "0"],
         ["--duet", "{"],
-        ["--duet", '{"policy": "arrol"}'],
+        ["--duet", '{"policy": "arroll"}'],
     ],
 )
 def test_cli_rejects_bad_arguments(args, capsys):

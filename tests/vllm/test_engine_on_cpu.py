@@ -8,6 +8,7 @@ from vllm_checks import (
     EngineHarness,
     build_model,
     check_abort_returns_partial_tokens,
+    check_arrol_probe_prunes_in_the_engine,
     check_own_decoding_decides_as_vllms_detokenizer,
     check_plain_requests_pass_through,
     check_seeded_samples_repeat_in_any_batch,
@@ -70,3 +71,8 @@ def test_own_decoding_decides_as_vllms_detokenizer(harness):
 def test_seeded_samples_repeat_in_any_batch(harness):
     engine, _ = harness
     check_seeded_samples_repeat_in_any_batch(engine)
+
+
+def test_arrol_probe_prunes_in_the_engine(harness):
+    engine, tokenizer = harness
+    check_arrol_probe_prunes_in_the_engine(engine, tokenizer)

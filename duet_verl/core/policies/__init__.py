@@ -9,6 +9,7 @@ the checkpointed state and the config checks.
 ``uniform`` GRPO at the budget: ``round(b·G)`` rollouts per prompt, no monitor
 ``greso``   GRESO (arXiv 2506.02177): probabilistic pre-rollout skip of recently zero-variance prompts
 ``vip``     VIP (arXiv 2602.01601): Gaussian-process success probabilities → ``min Σ p(1−p)/n`` under the budget
+``arrol``   ARRoL (arXiv 2603.24840): a quality head prunes rollouts during generation toward balanced groups
 ========== =================================================================================================
 """
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from duet_verl.core.policies.base import AllocationRequest, BudgetPolicy, PolicyAllocation
+from duet_verl.core.policies.arrol import ArrolPolicy
+from duet_verl.core.policies.base import AllocationRequest, BudgetPolicy, PolicyAllocation, RolloutFeedback
 from duet_verl.core.policies.duet import DuetPolicy, UniformPolicy, grpo_count
 from duet_verl.core.policies.greso import GresoPolicy
 from duet_verl.core.policies.vip import VipPolicy
@@ -29,12 +31,15 @@ __all__ = [
     "AllocationRequest",
     "BudgetPolicy",
     "PolicyAllocation",
+    "RolloutFeedback",
     "build_policy",
     "check_policy_name",
     "grpo_count",
 ]
 
-POLICIES: dict[str, type[BudgetPolicy]] = {cls.name: cls for cls in (DuetPolicy, UniformPolicy, GresoPolicy, VipPolicy)}
+POLICIES: dict[str, type[BudgetPolicy]] = {
+    cls.name: cls for cls in (DuetPolicy, UniformPolicy, GresoPolicy, VipPolicy, ArrolPolicy)
+}
 
 
 def check_policy_name(policy: str) -> None:
@@ -50,4 +55,6 @@ def build_policy(settings: DuetSettings, group_size: int) -> BudgetPolicy:
         return GresoPolicy(**settings.greso.kwargs(), seed=settings.seed, max_rollouts=group_size)
     if settings.policy == VipPolicy.name:
         return VipPolicy(**settings.vip.kwargs(), **settings.vip.bounds(group_size, settings.budget, settings.n_min))
+    if settings.policy == ArrolPolicy.name:
+        return ArrolPolicy(**settings.arrol.kwargs(), max_rollouts=settings.n_max)
     return POLICIES[settings.policy](settings)
