@@ -188,10 +188,18 @@ def check_arrol_probe_prunes_in_the_engine(harness: EngineHarness, tokenizer, co
         completion, report = final.outputs[0], monitored.report()
         assert completion.finish_reason == ABORT_FINISH_REASON and len(completion.token_ids) == 16
         assert report.outcome == "pruned" and report.length == 16 and len(report.probe_features) == len(PROBE_FEATURES)
-        assert 0.0 < report.probe_score < 1.0 and monitored.decode is None
+        assert 0.0 < report.probe_score < 1.0 and monitored.decoder is None
         assert all(p[t].decoded_token is None for p, t in zip(completion.logprobs, completion.token_ids, strict=True))
-    for final, monitored in harness.run(many(1.0)):
+    from duet_verl.core.monitor import StopAbortMonitor
+
+    fed, on_token = [], StopAbortMonitor.on_token
+    StopAbortMonitor.on_token = lambda self, text, top: fed.append(text) or on_token(self, text, top)
+    try:
+        kept = harness.run(many(1.0))
+    finally:
+        StopAbortMonitor.on_token = on_token
+    for final, monitored in kept:
         report = monitored.report()
         assert len(final.outputs[0].token_ids) == 64 and report.outcome == "length_cap" and report.probe_features
-        assert monitored.monitor.tokens_seen < 64  # reading stopped once the probe had decided
+    assert len(fed) == 16 * count and set(fed) == {""}  # the probe's tokens only, without text
     assert harness.unfinished() == 0

@@ -14,13 +14,14 @@ real log-prob: its entry is a placeholder (``0.0``) and the agent loop masks tha
 (``synthetic_eos``). If closing the stream fails, the request runs to its natural end, the uncut output is
 returned finished and ``abort_failed`` is recorded.
 
-Where the server hands over its tokenizer (DUET's vLLM server does), the monitor decodes each sampled token itself
-with the tokenizer's incremental decoder (tokenizers' ``DecodeStream``, what vLLM's own fast detokenizer runs) and
-the request goes to vLLM with ``detokenize=False``: vLLM then no longer decodes every log-prob alternative (and
-re-decodes each with its context) in its front end, the larger part of what DUET's log-probs cost (measured with
-``duet-verl bench --vllm``). Without a tokenizer the engine's ``decoded_token`` is read instead. A rule without DUET's
-stop/abort (ARRoL's probe alone) reads no text: nothing is decoded. Once the monitor can decide nothing more (an
-ε-kept or length-explored rollout, a probe past its detection length), the rest of the stream is not read.
+The monitor reads only what can change a decision: before a marker check it reads nothing (those tokens are skipped),
+at a check it reads the text of the tokens since the last check, after a marker only log-probs, and once it can decide
+nothing more (an ε-kept or length-explored rollout, a probe past its detection length) nothing at all. Where the
+server hands over its tokenizer (DUET's vLLM server does), the monitor decodes that text itself, one
+:class:`SpanDecoder` call per check, and the request goes to vLLM with ``detokenize=False``: vLLM then no longer
+decodes every sampled token and log-prob alternative in its front end, the larger part of what DUET's log-probs cost
+(measured with ``duet-verl bench --vllm``). Without a tokenizer (or with stop strings, which need vLLM's detokenizer)
+the engine's ``decoded_token`` is read instead. A rule without DUET's stop/abort (ARRoL's probe alone) reads no text.
 
 A server hands a request's monitor to the engine wrapper through a :class:`contextvars.ContextVar`
 (:func:`with_monitor` / :func:`monitored_generate`), never through a table keyed by request id: verl's
@@ -42,11 +43,11 @@ from duet_verl.core.protocol import WIRE_KEY, RolloutReport, RolloutStopRule
 __all__ = [
     "ABORT_FINISH_REASON",
     "MonitoredRequest",
+    "SpanDecoder",
     "engine_ending",
     "monitored_generate",
     "monitored_stream",
     "sampled_logprobs",
-    "token_decoder",
     "split_duet_rule",
     "top_logprobs_of",
     "with_monitor",
@@ -104,47 +105,72 @@ class MonitoredRequest:
         self.synthetic_eos = False
         self.abort_failed = False
         self.monitor_ns = 0
-        self.decode: Callable[[int], str] | None = None  # set by the engine wrapper when the monitor decodes itself
+        self.decoder: SpanDecoder | None = None  # set by the engine wrapper when the monitor decodes itself
+        self._quiet = 0  # token count up to which the monitor reads nothing (cached after each update)
+        self._text_end = 0  # tokens whose text was handed to the monitor
 
     def update(self, completion: Any) -> Action:
-        """Feed the tokens of ``completion`` (cumulative) not seen yet; returns the first non-continue action."""
+        """Feed the tokens of ``completion`` (cumulative) not seen yet; returns the first non-continue action.
+
+        Tokens the monitor does not read (:attr:`StopAbortMonitor.quiet_until`: before a marker check, after it went
+        idle) are skipped, and text is decoded only for the tokens checked for markers, one span at a time."""
         if self.decision is not Action.CONTINUE:
             return self.decision
-        token_ids, logprobs = completion.token_ids, completion.logprobs
-        if self.monitor.idle:  # nothing left to decide: the rest of the rollout is not read
-            self.seen = len(token_ids)
-            return self.decision
         start = time.perf_counter_ns()
+        token_ids = completion.token_ids
+        count, monitor = len(token_ids), self.monitor
+        i = self.seen
+        if count <= self._quiet:  # nothing to read in this output: the common case, kept cheap
+            monitor.skip(count - i)
+            self.seen = count
+            self.monitor_ns += time.perf_counter_ns() - start
+            return self.decision
+        logprobs = completion.logprobs
         if logprobs is None:
             raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
-        on_token, top_k, decode = self.monitor.on_token, self.top_k, self.decode
-        flat = hasattr(logprobs, "start_indices")  # vLLM's FlatLogprobs: [sampled, rank 1, …, rank k] per position
-        if flat:
-            starts, values, texts = logprobs.start_indices, logprobs.logprobs, logprobs.decoded_tokens
-        for i in range(self.seen, len(token_ids)):
+        top_k, flat = self.top_k, hasattr(logprobs, "start_indices")  # flat: [sampled, rank 1, …, rank k] per position
+        while i < count:
+            quiet = monitor.quiet_until
+            if quiet > i:
+                step = min(quiet, count) - i
+                monitor.skip(step)
+                i += step
+                continue
+            text = self._text(completion, i + 1) if monitor.text_due else ""
             if flat:
-                at = starts[i]
-                text, top = texts[at], values[at + 1 : at + 1 + top_k]
+                at = logprobs.start_indices[i]
+                top = logprobs.logprobs[at + 1 : at + 1 + top_k]
             else:
-                position = logprobs[i]
-                text, top = position[token_ids[i]].decoded_token, top_logprobs_of(position, top_k)
-            if decode is not None:
-                text = decode(token_ids[i])
-            elif not self.needs_text:
-                text = ""
-            if text is None:
-                raise RuntimeError(
-                    "DUET's stop rule needs decoded tokens to find answer markers, but the engine returned "
-                    "decoded_token=None (detokenization is off for this request)"
-                )
-            action = on_token(text, top)
+                top = top_logprobs_of(logprobs[i], top_k)
+            action = monitor.on_token(text, top)
+            i += 1
             if action is not Action.CONTINUE:
-                self.decision, self.decided_at, self.seen = action, i + 1, i + 1
+                self.decision, self.decided_at = action, i
                 break
-        else:
-            self.seen = len(token_ids)
+        self.seen = i
+        self._quiet = monitor.quiet_until
         self.monitor_ns += time.perf_counter_ns() - start
         return self.decision
+
+    def _text(self, completion: Any, end: int) -> str:
+        """The text the tokens from the last text handed over up to ``end`` add: decoded by the monitor's own
+        :class:`SpanDecoder`, else joined from the engine's per-token ``decoded_token``."""
+        begin, self._text_end = self._text_end, end
+        if self.decoder is not None:
+            return self.decoder.text(completion.token_ids, end)
+        if not self.needs_text:
+            return ""
+        token_ids, logprobs = completion.token_ids, completion.logprobs
+        if hasattr(logprobs, "start_indices"):
+            pieces = [logprobs.decoded_tokens[logprobs.start_indices[j]] for j in range(begin, end)]
+        else:
+            pieces = [logprobs[j][token_ids[j]].decoded_token for j in range(begin, end)]
+        if any(piece is None for piece in pieces):
+            raise RuntimeError(
+                "DUET's stop rule needs decoded tokens to find answer markers, but the engine returned "
+                "decoded_token=None (detokenization is off for this request)"
+            )
+        return "".join(pieces)
 
     def finish(self, completion: Any) -> None:
         """Record how the engine ended a request the monitor let run (EOS, length cap or the engine's abort)."""
@@ -246,32 +272,42 @@ def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], Mo
     return params, MonitoredRequest(RolloutStopRule.from_dict(rule))
 
 
-def token_decoder(tokenizer: Any, prompt_ids: list[int] | None) -> Callable[[int], str] | None:
-    """The text each next sampled token adds, from a Hugging Face fast tokenizer's Rust backend (tokenizers'
-    ``DecodeStream``, primed with the prompt, special tokens skipped as vLLM does); ``None`` for a tokenizer without
-    one. A decoding error (tokenizers can emit an invalid UTF-8 prefix) restarts the stream, as vLLM does."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is None:
-        return None
-    from tokenizers.decoders import DecodeStream
+class SpanDecoder:
+    """The text a span of sampled tokens adds, from a Hugging Face fast tokenizer's Rust backend, one decode call per
+    span (special tokens skipped, as vLLM does). Each span is decoded after the previous one and its text is the
+    difference of the two, as vLLM's incremental detokenizer does, so tokenizers that drop a leading space decode as
+    in one piece; a span whose text ends in an incomplete character gives ``""`` and the character comes with the
+    next span. The prompt's last tokens are the first span's context."""
 
-    def fresh(ids: list[int] | None) -> Any:
-        try:
-            return DecodeStream(ids=list(ids or []), skip_special_tokens=True)
-        except TypeError:  # tokenizers < 0.22: no prefill
-            return DecodeStream(skip_special_tokens=True)
+    CONTEXT = 8  # prompt tokens kept as the first span's left context
 
-    stream = fresh(prompt_ids)
+    def __init__(self, backend: Any, prompt_ids: list[int] | None):
+        self._backend = backend
+        self._ids = list(prompt_ids or [])[-self.CONTEXT :]  # context, then the response tokens not yet dropped
+        self._response_at = len(self._ids)  # index of response token 0 in _ids (negative once dropped)
+        self._prefix, self._read = 0, len(self._ids)  # the last span handed out is _ids[_prefix:_read]
 
-    def decode(token_id: int) -> str:
-        nonlocal stream
-        try:
-            return stream.step(backend, token_id) or ""
-        except Exception:
-            stream = fresh(None)
-            return stream.step(backend, token_id) or ""
+    @classmethod
+    def of(cls, tokenizer: Any, prompt_ids: list[int] | None) -> SpanDecoder | None:
+        """A decoder for ``tokenizer``, or ``None`` for a tokenizer without a fast backend (vLLM then decodes)."""
+        backend = getattr(tokenizer, "_tokenizer", None)
+        return None if backend is None else cls(backend, prompt_ids)
 
-    return decode
+    def text(self, token_ids: Any, end: int) -> str:
+        """The text of response tokens from the end of the last span handed out up to ``end``."""
+        have = len(self._ids) - self._response_at
+        self._ids.extend(token_ids[have:end])
+        decode = self._backend.decode
+        before = decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
+        after = decode(self._ids[self._prefix :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        del self._ids[: self._prefix]  # only the last span is context from now on
+        self._response_at -= self._prefix
+        self._read -= self._prefix
+        self._prefix = 0
+        return after[len(before) :]
 
 
 def _prompt_ids(prompt: Any) -> list[int] | None:
@@ -296,10 +332,10 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], token
         params = sampling_params.clone()
         params.logprobs = max(request.top_k, params.logprobs or 0)
         plain = getattr(params, "stop", None) or not request.needs_text  # vLLM decodes / nobody needs text
-        decode = None if plain else token_decoder(tokenizer, _prompt_ids(prompt))
-        request.decode = decode
+        decoder = None if plain else SpanDecoder.of(tokenizer, _prompt_ids(prompt))
+        request.decoder = decoder
         if hasattr(params, "detokenize"):
-            params.detokenize = bool(getattr(params, "stop", None)) or (decode is None and request.needs_text)
+            params.detokenize = bool(getattr(params, "stop", None)) or (decoder is None and request.needs_text)
         if hasattr(params, "flat_logprobs"):
             params.flat_logprobs = True  # vLLM keeps the log-probs in flat lists, not an object per alternative
         request.max_tokens = getattr(params, "max_tokens", None)

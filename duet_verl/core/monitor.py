@@ -22,6 +22,11 @@ A rule may also carry an ARRoL probe (:class:`~duet_verl.core.probe.ProbeRule`, 
 ``probe.at`` the rollout is kept or pruned (outcome ``pruned``, ended through the abort path); with
 ``stop_abort=False`` the phases above are skipped and only the probe runs.
 
+A server need not call :meth:`StopAbortMonitor.on_token` for every token: before a check nothing is read, so it may
+:meth:`~StopAbortMonitor.skip` up to :attr:`~StopAbortMonitor.quiet_until` tokens and hand the skipped tokens' text
+over with the token that is checked (:attr:`~StopAbortMonitor.text_due`); text is read only at checks, so after a
+marker (phase B) no text is needed at all. The decisions are the same as with every token fed one by one.
+
 Markers are recognised wherever they appear in the response, not only in a trailing window, and the
 recorded ``marker_at`` is the check at which the marker was first noticed (granularity ``check_every``).
 """
@@ -29,6 +34,7 @@ recorded ``marker_at`` is the check at which the marker was first noticed (granu
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum, IntEnum
@@ -236,6 +242,31 @@ class StopAbortMonitor:
         if self._t < self._next_check:
             return _CONTINUE
         return self._checkpoint()
+
+    @property
+    def quiet_until(self) -> int:
+        """Token count up to which the monitor needs no token at all (:meth:`skip` may advance to it): the token
+        before the next check while scanning (its text comes with the checked token), the current count while a
+        probe reads every token or the rule is armed, and no limit once it is idle."""
+        if self._t < self._probe_until:
+            return self._t
+        mode = self._mode
+        if mode == _SCANNING:
+            return max(self._t, self._next_check - 1)
+        return sys.maxsize if mode == _FREE else self._t
+
+    @property
+    def text_due(self) -> bool:
+        """Whether the next token fed is checked for answer markers: it must carry the text of every token since the
+        last one that carried text (any other token's text is ignored, so ``""`` will do)."""
+        return self._mode == _SCANNING and self._t + 1 >= self._next_check
+
+    def skip(self, count: int) -> None:
+        """Advance ``count`` tokens without feeding them; only up to :attr:`quiet_until`."""
+        t = self._t + count
+        if count < 0 or t > self.quiet_until:
+            raise ValueError(f"cannot skip {count} tokens at {self._t}: the monitor reads token {self.quiet_until + 1}")
+        self._t = t
 
     @property
     def idle(self) -> bool:

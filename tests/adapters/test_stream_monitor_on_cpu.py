@@ -14,7 +14,7 @@ from duet_verl.adapters.stream_monitor import (
     with_monitor,
 )
 from duet_verl.core.controller import DuetController
-from duet_verl.core.monitor import StopRuleConfig
+from duet_verl.core.monitor import Action, Outcome, StopRuleConfig
 from duet_verl.core.protocol import RolloutStopRule
 from duet_verl.core.settings import DuetSettings
 
@@ -238,20 +238,41 @@ def test_a_planned_rule_aborts_a_marker_less_stream_at_k2_plus_grace():
     assert final.outputs[0].token_ids == list(range(int(0.7 * 20) + 3)) and engine.closed
 
 
-def test_token_decoder_rebuilds_the_text_vllm_would_show(tiny_assets):
+@pytest.mark.parametrize("span", [1, 3, 8])
+def test_span_decoder_rebuilds_the_text_vllm_would_show(tiny_assets, span):
     from transformers import AutoTokenizer
 
-    from duet_verl.adapters.stream_monitor import token_decoder
+    from duet_verl.adapters.stream_monitor import SpanDecoder
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets[0])
     prompt = tokenizer.encode("Q: 12+30=")
-    text = "So x = 42 — ü∑ \\boxed{42}"  # multi-byte characters split over byte-level tokens
+    text = "So x = 42 — ü∑ \\boxed{42} " * 3  # multi-byte characters split over byte-level tokens
     ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
-    decode = token_decoder(tokenizer, prompt)
-    pieces = [decode(t) for t in ids]
+    decoder = SpanDecoder.of(tokenizer, prompt)
+    pieces = [decoder.text(ids, min(end, len(ids))) for end in range(span, len(ids) + span, span)]
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True) == text
-    assert "" in pieces  # a character's first bytes add no text until it is complete
-    assert token_decoder(object(), prompt) is None  # no fast backend: vLLM detokenizes instead
+    if span == 1:
+        assert "" in pieces  # a character's first bytes add no text until it is complete
+    assert len(decoder._ids) <= 2 * span + SpanDecoder.CONTEXT  # only the last span is kept as context
+    assert SpanDecoder.of(object(), prompt) is None  # no fast backend: vLLM detokenizes instead
+
+
+@pytest.mark.parametrize("per_output", [1, 5])
+def test_skipping_unread_tokens_takes_the_same_decisions_as_feeding_every_one(per_output):
+    """The monitor fed through the stream (tokens before a check skipped, text only at checks) decides exactly as
+    the same monitor fed every token with its text."""
+    from duet_verl.core.monitor import StopAbortMonitor
+
+    scripts = [script_with_marker(n_before=9, n_after=12), [(i, "x", SURE) for i in range(40)]]
+    for script in scripts:
+        request = monitored(k1=6, k2=20, check_every=3)
+        gather(ScriptedEngine(script, per_output=per_output), request)
+        reference = StopAbortMonitor(StopRuleConfig(**rule(k1=6, k2=20, check_every=3)))
+        for k, (_, text, top) in enumerate(script):
+            if reference.on_token(text, list(top)) is not Action.CONTINUE:
+                break
+        assert request.decided_at == k + 1 and request.monitor.record == reference.record
+        assert request.monitor.record.outcome in (Outcome.STOPPED_AFTER_MARKER, Outcome.ABORTED)
 
 
 def probe_only(keep: float, at: int = 6) -> MonitoredRequest:
@@ -266,14 +287,21 @@ def test_a_probe_prunes_at_its_detection_length_without_reading_any_text():
     engine = ScriptedEngine(script_with_marker(n_before=2, n_after=30), decoded=False)  # vLLM decodes nothing
     request = probe_only(keep=1e-12)
     final = gather(engine, request, Params(detokenize=True))[-1]
-    assert engine.received.detokenize is False and request.decode is None  # nobody decodes: no text is needed
+    assert engine.received.detokenize is False and request.decoder is None  # nobody decodes: no text is needed
     comp = final.outputs[0]
     assert comp.finish_reason == ABORT_FINISH_REASON and engine.closed and comp.token_ids == [0, 1, 50, 60, 61, 62]
     report = request.report()
     assert report.outcome == "pruned" and report.length == 6 and len(report.probe_features) == 4
 
 
-def test_a_kept_probe_lets_the_rollout_run_without_duets_stop_and_stops_reading():
+def test_a_kept_probe_lets_the_rollout_run_without_duets_stop_and_stops_reading(monkeypatch):
+    from duet_verl.core.monitor import StopAbortMonitor
+
+    fed = []
+    on_token = StopAbortMonitor.on_token
+    monkeypatch.setattr(
+        StopAbortMonitor, "on_token", lambda self, text, top: fed.append(text) or on_token(self, text, top)
+    )
     engine = ScriptedEngine(script_with_marker(n_before=2, n_after=30), decoded=False)
     request = probe_only(keep=1.0)
     final = gather(engine, request)[-1]
@@ -282,4 +310,5 @@ def test_a_kept_probe_lets_the_rollout_run_without_duets_stop_and_stops_reading(
     assert comp.finish_reason == "stop" and len(comp.token_ids) == 33 and not engine.closed
     report = request.report()
     assert report.outcome == "natural_eos" and report.length == 33 and report.probe_score == 0.5
-    assert request.monitor.tokens_seen == 6  # the monitor read the probe's 6 tokens and nothing after
+    assert len(fed) == 6 and set(fed) == {""}  # the monitor read the probe's 6 tokens, no text, and nothing after
+    assert request.monitor.tokens_seen == 33 and request.monitor.idle
