@@ -355,6 +355,8 @@ def progress_line(row: dict[str, Any], steps: int) -> str:
 
 def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
     """The summary entry of one run: tokens, accuracy (curve), time, stop/abort rates."""
+    from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING
+
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "duet/tokens_generated" in r.get("data", {})]
     tokens_by_step = {int(r["step"]): float(r["data"]["duet/tokens_generated"]) for r in rows}
     seconds_by_step = {int(r["step"]): float(r["data"].get("timing_s/step", 0.0)) for r in rows}
@@ -386,6 +388,10 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         "gen_time_s": sum(float(r["data"].get("timing_s/gen", 0.0)) for r in rows),
         # DUET's plan + advantage/update time as a share of verl's step time (None for GRPO)
         "duet_overhead_share": _duet_share(rows),
+        # medians per step: verl's step, its advantage stage (DUET's replaces GRPO's there), DUET's plan + update
+        "step_s_median": _median_of(rows, ("timing_s/step",)),
+        "advantage_s_median": _median_of(rows, ("timing_s/adv",)),
+        "duet_s_median": _median_of(rows, (PLAN_TIMING, UPDATE_TIMING)),
         "abort_rate": mean_of("duet/rate_aborted"),
         "marker_stop_rate": mean_of("duet/rate_stopped_after_marker"),
         "eps_kept_rate": mean_of("duet/rate_eps_kept"),
@@ -396,6 +402,25 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         "heldout_end": heldout_profile(evaluations[-1]) if evaluations else None,
         "accuracy_curve": curve,
     }
+
+
+def _median_of(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> float | None:
+    """Median over the steps that logged all of ``keys`` of their sum (``None`` if none did)."""
+    import statistics
+
+    values = [sum(float(r["data"][k]) for k in keys) for r in rows if all(k in r["data"] for k in keys)]
+    return statistics.median(values) if values else None
+
+
+def _duet_net_share(runs: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]] | None) -> float | None:
+    """DUET's time beyond what verl's own GRPO advantage stage costs on the same seed, as a share of a step (mean over
+    seeds): ``(plan + update − GRPO's advantage stage) / step``, medians per step. ``None`` without both."""
+    shares = []
+    for seed, run in runs.items():
+        base = (baseline or {}).get(seed, {})
+        if None not in (run.get("duet_s_median"), run.get("step_s_median"), base.get("advantage_s_median")):
+            shares.append((run["duet_s_median"] - base["advantage_s_median"]) / run["step_s_median"])
+    return sum(shares) / len(shares) if shares else None
 
 
 def _duet_share(rows: list[dict[str, Any]]) -> float | None:
@@ -465,6 +490,7 @@ def aggregate_runs(
         "marker_stop_rate": mean_of("marker_stop_rate"),
         "eps_kept_rate": mean_of("eps_kept_rate"),
         "duet_overhead_share": mean_of("duet_overhead_share"),
+        "duet_net_share": _duet_net_share(runs, baseline),
         "score_mismatch": sum(r["score_mismatch"] for r in ordered),
         "accuracy_curve": curve,
         "runs": ordered,
@@ -535,6 +561,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ("aborted", 9, lambda r: fmt(r["abort_rate"], ".0%")),
         ("stopped", 9, lambda r: fmt(r["marker_stop_rate"], ".0%")),
         ("duet time", 11, lambda r: fmt(r.get("duet_overhead_share"), ".2%")),
+        ("duet net", 10, lambda r: fmt(r.get("duet_net_share"), ".2%")),
     ]
     header = "".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w, _) in enumerate(columns))
     lines = [header, "-" * len(header)]

@@ -68,6 +68,9 @@ def run(seed, final, tokens=1000.0, wall=60.0):
         "marker_stop_rate": None,
         "eps_kept_rate": None,
         "duet_overhead_share": None,
+        "step_s_median": 4.0,
+        "advantage_s_median": 0.05,
+        "duet_s_median": 0.07,
         "score_mismatch": 0.0,
         "accuracy_curve": curve,
     }
@@ -94,6 +97,9 @@ def test_aggregate_over_paired_seeds_has_every_field_the_issue_asks_for(tmp_path
     last = entry["accuracy_curve"][-1]
     assert last["step"] == 4 and last["accuracy"] == pytest.approx(entry["final_accuracy_mean"])
     assert last["accuracy_ci95"] == pytest.approx(entry["final_accuracy_ci95"])
+    # DUET's time beyond GRPO's own advantage stage on the same seed: (0.07 - 0.05) / 4
+    assert entry["duet_net_share"] == pytest.approx(0.005)
+    assert aggregate_runs(parse_policy("duet@0.5"), duet, None)["duet_net_share"] is None
     json.dumps(entry)  # summary.json material
     assert "duet@0.5" in format_table([base, entry])
     for x in ("tokens", "seconds"):
