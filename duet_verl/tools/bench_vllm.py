@@ -6,7 +6,7 @@ four variants, interleaved round by round so drift hits all of them alike:
 
 * ``plain``: no log-probs, no monitor (what GRPO's rollouts cost);
 * ``logprobs2``: top-2 detokenized log-probs, as DUET asks for them, no monitor (the engine's share of the cost);
-* ``duet``: DUET's rule, never firing (every request runs to its cap: the monitor's full cost);
+* ``duet``: DUET's rule checking for a marker every 8 tokens and never firing (every request runs to its cap);
 * ``duet_firing``: DUET's rule firing (no answer marker, so every request is aborted at ``K2 + grace``).
 
 Throughput is generated tokens per second of wall-clock for the batch; each variant's median over ``--rounds``.
@@ -67,12 +67,13 @@ class VllmBenchConfig:
 
 
 def _rule(eos_token_id: int, max_tokens: int, firing: bool) -> Any:
-    """A monitored request: never deciding (K1 = K2 = cap), or aborting marker-less rollouts at K2 + grace."""
+    """A monitored request: checking for a marker every 8 tokens over the whole rollout and never deciding (no marker
+    before K2 + grace, which lies beyond the cap), or aborting marker-less rollouts at K2 + grace."""
     from duet_verl.adapters.stream_monitor import MonitoredRequest
 
     k2 = max_tokens // 2 if firing else max_tokens
     config = StopRuleConfig(
-        k1=max_tokens // 4 if firing else max_tokens,
+        k1=max_tokens // 4 if firing else 8,
         k2=k2,
         threshold=1.0,
         seed=0,
