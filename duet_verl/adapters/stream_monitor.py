@@ -118,13 +118,12 @@ class MonitoredRequest:
             return self.decision
         start = time.perf_counter_ns()
         token_ids = completion.token_ids
-        count, monitor = len(token_ids), self.monitor
-        i = self.seen
-        if count <= self._quiet:  # nothing to read in this output: the common case, kept cheap
-            monitor.skip(count - i)
+        count = len(token_ids)
+        if count <= self._quiet:  # nothing to read in this output (the monitor catches up later): kept cheap
             self.seen = count
             self.monitor_ns += time.perf_counter_ns() - start
             return self.decision
+        monitor, i = self.monitor, self._sync()
         logprobs = completion.logprobs
         if logprobs is None:
             raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
@@ -152,6 +151,13 @@ class MonitoredRequest:
         self.monitor_ns += time.perf_counter_ns() - start
         return self.decision
 
+    def _sync(self) -> int:
+        """Advance the monitor over the tokens the cheap path passed without it; returns the tokens seen."""
+        lag = self.seen - self.monitor.tokens_seen
+        if lag > 0:
+            self.monitor.skip(lag)
+        return self.seen
+
     def _text(self, completion: Any, end: int) -> str:
         """The text the tokens from the last text handed over up to ``end`` add: decoded by the monitor's own
         :class:`SpanDecoder`, else joined from the engine's per-token ``decoded_token``."""
@@ -175,11 +181,13 @@ class MonitoredRequest:
     def finish(self, completion: Any) -> None:
         """Record how the engine ended a request the monitor let run (EOS, length cap or the engine's abort)."""
         if self.decision is Action.CONTINUE:
+            self._sync()
             self.monitor.finish(engine_ending(completion.finish_reason), length=len(completion.token_ids))
 
     def engine_kept_running(self, completion: Any) -> None:
         """Closing the stream failed: the request ran to ``completion``, uncut. Record that honestly."""
         self.abort_failed = True
+        self._sync()
         self.monitor.finish(engine_ending(completion.finish_reason), length=len(completion.token_ids))
 
     def cut(self, output: Any) -> Any:
@@ -224,6 +232,7 @@ class MonitoredRequest:
     def report(self) -> RolloutReport:
         """What the server returns in ``TokenOutput.extra_fields["duet"]`` (as a dict)."""
         record = self.monitor.record
+        self._sync()
         if record.ended_at is None:
             record.length = self.monitor.tokens_seen
         return RolloutReport.from_record(
