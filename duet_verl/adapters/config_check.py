@@ -84,6 +84,12 @@ def check_config(config: DictConfig) -> None:
             "and a cut rollout's recorded experts no longer match its tokens; set duet.stop.enable=false "
             "(allocation only) or turn routing replay off"
         )
+    cap = int(config.data.get("max_response_length", 0) or 0)
+    if settings.policy == "arrol" and cap and settings.arrol.detect_at >= cap:
+        raise ConfigError(
+            f"duet.arrol.detect_at={settings.arrol.detect_at} must be below data.max_response_length={cap}: no rollout "
+            "would reach the probe, and ARRoL would never prune"
+        )
     if monitors and rollout.name != "vllm":
         raise ConfigError(f"actor_rollout_ref.rollout.name={rollout.name!r}: DUET's stop rule runs in 'vllm'")
     if not config.actor_rollout_ref.actor.get("use_dynamic_bsz", False):

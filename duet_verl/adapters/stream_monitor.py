@@ -286,9 +286,10 @@ class SpanDecoder:
     span (special tokens skipped, as vLLM does). Each span is decoded after the previous one and its text is the
     difference of the two, as vLLM's incremental detokenizer does, so tokenizers that drop a leading space decode as
     in one piece; a span whose text ends in an incomplete character gives ``""`` and the character comes with the
-    next span. The prompt's last tokens are the first span's context."""
+    next span (the span's other tokens are handed out). The prompt's last tokens are the first span's context."""
 
     CONTEXT = 8  # prompt tokens kept as the first span's left context
+    HOLD = 4  # at most this many trailing tokens are held back for an incomplete character
 
     def __init__(self, backend: Any, prompt_ids: list[int] | None):
         self._backend = backend
@@ -308,10 +309,16 @@ class SpanDecoder:
         self._ids.extend(token_ids[have:end])
         decode = self._backend.decode
         before = decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
-        after = decode(self._ids[self._prefix :], skip_special_tokens=True)
-        if len(after) <= len(before) or after.endswith("\ufffd"):
+        stop = len(self._ids)
+        after = decode(self._ids[self._prefix : stop], skip_special_tokens=True)
+        # an incomplete character at the end: hand out the text before it, keep its tokens for the next span (a
+        # replacement character the model really wrote is handed out once HOLD tokens did not complete it)
+        while after.endswith("\ufffd") and stop > max(self._read + 1, len(self._ids) - self.HOLD):
+            stop -= 1
+            after = decode(self._ids[self._prefix : stop], skip_special_tokens=True)
+        if len(after) <= len(before) or (after.endswith("\ufffd") and stop > len(self._ids) - self.HOLD):
             return ""
-        self._prefix, self._read = self._read, len(self._ids)
+        self._prefix, self._read = self._read, stop
         del self._ids[: self._prefix]  # only the last span is context from now on
         self._response_at -= self._prefix
         self._read -= self._prefix

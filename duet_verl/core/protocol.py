@@ -14,7 +14,7 @@ with ``from_dict``, which rejects unknown or missing keys. Nothing here imports 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 from duet_verl.core.monitor import MonitorRecord, Outcome, StopRuleConfig
@@ -31,8 +31,10 @@ SAMPLING_SEED_COLUMN = "duet_sampling_seed"
 
 
 def _check_keys(cls: type, data: dict[str, Any]) -> None:
+    """Reject unknown keys and missing ones; a field with a default may be missing (a message of an older version)."""
     names = {f.name for f in fields(cls)}
-    unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    unknown, missing = sorted(set(data) - names), sorted(required - set(data))
     if unknown or missing:
         raise ValueError(f"{cls.__name__}: unknown keys {unknown}, missing keys {missing}")
 

@@ -44,13 +44,14 @@ def test_cfg_job_prints_the_resolved_duet_config():
         ("duet.surrogate.pseudo_count=-1", "duet.surrogate.pseudo_count"),
         ("duet.length_cost=cubic", "duet.length_cost"),
         ("algorithm.filter_groups.enable=true", "algorithm.filter_groups.enable"),
-        ("duet.policy=arrol", "duet.policy"),
+        ("duet.policy=arol", "duet.policy"),
+        ("duet.policy=arrol duet.arrol.detect_at=100000", "duet.arrol.detect_at"),
         ("duet.greso.p_easy=0", "duet.greso.p_easy"),
         ("duet.vip.min_fraction=2", "duet.vip.min_fraction"),
     ],
 )
 def test_bad_config_exits_non_zero_quickly_naming_the_key(override, key):
-    out, seconds = run_main(override, "actor_rollout_ref.rollout.name=vllm")
+    out, seconds = run_main(*override.split(), "actor_rollout_ref.rollout.name=vllm")
     assert out.returncode == 2, (out.stdout[-1000:], out.stderr[-2000:])
     assert "invalid configuration" in out.stderr and key in out.stderr
     assert seconds < 60

@@ -312,3 +312,45 @@ def test_a_kept_probe_lets_the_rollout_run_without_duets_stop_and_stops_reading(
     assert report.outcome == "natural_eos" and report.length == 33 and report.probe_score == 0.5
     assert len(fed) == 6 and set(fed) == {""}  # the monitor read the probe's 6 tokens, no text, and nothing after
     assert request.monitor.tokens_seen == 33 and request.monitor.idle
+
+
+class ByteBackend:
+    """A byte-level tokenizer backend: token id = byte, so one character can span several tokens."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_a_check_inside_a_multi_byte_character_still_sees_the_text_before_it():
+    """The check at the deadline falls between the bytes of "中": the marker before it must still be seen there
+    (handing out nothing for the whole span would abort this rollout), exactly as per-token decoding sees it."""
+    from types import SimpleNamespace
+
+    from duet_verl.adapters.stream_monitor import SpanDecoder
+    from duet_verl.core.monitor import StopAbortMonitor
+
+    ids = list(("x" * 10 + "\\boxed{1}" + "中").encode())
+    config = dict(k1=0, k2=20, threshold=0.5, min_tokens=0, grace=0, check_every=4, hysteresis=1, eps_abort=1e-9)
+    request = monitored(**config)
+    request.decoder = SpanDecoder(ByteBackend(), [])
+    positions = [{t: Logprob(-0.01, 1, None), 1000: Logprob(-5.0, 2, None)} for t in ids]
+    request.update(SimpleNamespace(token_ids=ids, logprobs=positions))
+    reference, shown = StopAbortMonitor(StopRuleConfig(**rule(**config))), ""
+    for k in range(len(ids)):  # what vLLM's incremental detokenizer shows token by token
+        text = ByteBackend().decode(ids[: k + 1])
+        piece = "" if text.endswith("\ufffd") else text[len(shown) :]
+        shown = shown if text.endswith("\ufffd") else text
+        if reference.on_token(piece, [-0.01, -5.0]) is not Action.CONTINUE:
+            break
+    assert reference.record.outcome is Outcome.STOPPED_AFTER_MARKER and reference.record.marker_at == 20
+    assert request.monitor.record == reference.record and request.decided_at == k + 1
+
+
+def test_span_decoder_hands_out_a_lone_replacement_character_after_a_few_tokens():
+    from duet_verl.adapters.stream_monitor import SpanDecoder
+
+    ids = list(b"ab\xffcd\xe4\xb8")  # a stray byte, then a character cut at the end
+    decoder = SpanDecoder(ByteBackend(), [])
+    assert decoder.text(ids, 3) == "ab"  # "\xff" may still become a character: held back
+    assert decoder.text(ids, 7) == "\ufffdcd"  # it did not: handed out; the cut "中" stays held
+    assert decoder.text(ids + [0xAD], 8) == "中"

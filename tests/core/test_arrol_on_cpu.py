@@ -10,7 +10,7 @@ import torch
 
 from duet_verl.core.controller import DuetController, StepObservation
 from duet_verl.core.monitor import Action, Outcome, StopAbortMonitor, StopRuleConfig
-from duet_verl.core.policies import AllocationRequest
+from duet_verl.core.policies import AllocationRequest, RolloutFeedback
 from duet_verl.core.policies.arrol import ArrolPolicy, QualityHead
 from duet_verl.core.probe import PROBE_FEATURES, ProbeFeatures, ProbeRule, keep_probabilities
 from duet_verl.core.protocol import RolloutReport, RolloutStopRule
@@ -255,3 +255,16 @@ def test_state_round_trip_continues_identically():
     assert twin.state_dict() == ctl.state_dict()
     a, b = ctl.plan(list(truth), 5), twin.plan(list(truth), 5)
     assert a.n.tolist() == b.n.tolist() and a.stop_rules == b.stop_rules
+
+
+def test_edge_cases_an_empty_step_a_head_that_could_never_fit_and_an_older_report():
+    policy = ArrolPolicy(detect_at=DETECT)
+    empty = RolloutFeedback([], np.zeros(0), np.zeros(0, bool), np.zeros(0), np.zeros((0, 4)), 0.0, 0.0)
+    assert policy.observe_rollouts(empty, step=1)["duet/arrol_probed_fraction"] == 0.0
+    with pytest.raises(ValueError, match="min_samples"):
+        ArrolPolicy(min_samples=64, buffer=32)
+    older = RolloutReport(Outcome.NATURAL_EOS, 12).to_dict()
+    del older["probe_features"], older["probe_score"]  # a server of the version before ARRoL
+    assert RolloutReport.from_dict(older) == RolloutReport(Outcome.NATURAL_EOS, 12)
+    with pytest.raises(ValueError, match="missing keys \\['outcome'\\]"):
+        RolloutReport.from_dict({k: v for k, v in older.items() if k != "outcome"})

@@ -124,6 +124,8 @@ class ArrolPolicy(BudgetPolicy):
             raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
         if not (isinstance(regularization, int | float) and regularization > 0):
             raise ValueError(f"regularization must be > 0, got {regularization!r}")
+        if min_samples > buffer:  # the head never sees more than `buffer` rollouts: it would never prune
+            raise ValueError(f"min_samples ({min_samples}) must not exceed buffer ({buffer})")
         self.detect_at, self.keep, self.target, self.min_keep = detect_at, float(keep), float(target), float(min_keep)
         self.warmup_steps, self.spend_smoothing, self.max_rollouts = warmup_steps, float(spend_smoothing), max_rollouts
         self.head = QualityHead(regularization, min_samples)
@@ -167,7 +169,7 @@ class ArrolPolicy(BudgetPolicy):
         was_pruning = self.pruning
         rewards, pruned = np.asarray(feedback.rewards, dtype=np.float64), np.asarray(feedback.pruned, dtype=bool)
         scores = np.asarray(feedback.probe_scores, dtype=np.float64)
-        features = np.asarray(feedback.probe_features, dtype=np.float64).reshape(len(rewards), -1)
+        features = np.asarray(feedback.probe_features, dtype=np.float64).reshape(len(rewards), len(PROBE_FEATURES))
         probed = np.isfinite(scores)
         labelled = probed & ~pruned & np.isfinite(rewards)
         metrics: dict[str, float] = {
