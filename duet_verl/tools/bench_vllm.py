@@ -2,17 +2,24 @@
 
 The same requests (``--requests`` prompts × ``--max-tokens`` tokens, end-of-turn ignored so every request runs to its
 cap unless DUET ends it) go through DUET's engine wrapper on one ``AsyncLLM`` (the path of DUET's vLLM server) in
-four variants, interleaved round by round so drift hits all of them alike:
+five variants, interleaved round by round so drift hits all of them alike:
 
 * ``plain``: no log-probs, no monitor (what GRPO's rollouts cost);
-* ``logprobs2``: top-2 detokenized log-probs, as DUET asks for them, no monitor (the engine's share of the cost);
+* ``logprobs2``: top-2 detokenized log-probs, no monitor (what a log-prob reader without DUET's settings costs);
+* ``logprobs2_flat``: top-2 log-probs exactly as DUET's wrapper asks for them (flat lists, no detokenization), no
+  monitor: vLLM's own cost of DUET's signal, so ``duet`` ÷ ``logprobs2_flat`` is the monitor's;
 * ``duet``: DUET's rule checking for a marker every 8 tokens and never firing (every request runs to its cap);
 * ``duet_firing``: DUET's rule firing (no answer marker, so every request is aborted at ``K2 + grace``).
 
 Throughput is generated tokens per second of wall-clock for the batch; each variant's median over ``--rounds``.
 The last line is one JSON object: ``vllm_plain_tok_s``, ``vllm_duet_tok_s``, ``vllm_throughput_ratio`` (DUET ÷
-plain), ``vllm_logprobs2_ratio`` (logprobs2 ÷ plain), ``vllm_firing_tok_s``, ``server_monitor_ns_per_token``
-(DUET's own time per monitored token inside the wrapper), ``device``, ``model`` and the sizes.
+plain), ``vllm_logprobs2_ratio`` (logprobs2 ÷ plain), ``vllm_logprobs2_flat_ratio``, ``vllm_firing_tok_s``,
+``server_monitor_ns_per_token`` (DUET's own time per monitored token inside the wrapper), ``vllm_firing_lengths``
+(shortest and longest returned firing rollout: equal when every abort lands at its decision, with or without async
+scheduling), ``device``, ``model`` and the sizes. ``in_engine_signal_us_per_step`` and
+``in_engine_signal_ns_per_token`` price the in-engine design (DUET's confidence signal for one decode step of the
+batch from its logits over a Qwen3-sized vocabulary, vectorised, as a logits processor would compute it) on the same
+device, for comparison with ``server_monitor_ns_per_token``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from duet_verl.core.protocol import RolloutStopRule
 
 __all__ = ["VllmBenchConfig", "run_vllm_bench"]
 
-VARIANTS = ("plain", "logprobs2", "duet", "duet_firing")
+VARIANTS = ("plain", "logprobs2", "logprobs2_flat", "duet", "duet_firing")
+QWEN3_VOCAB = 151_936  # the vocabulary a logits processor would scan on a real Qwen3 model
 
 
 # Randomly initialised models built on the spot (nothing downloaded), with the project's byte-level tokenizer's
@@ -163,7 +171,7 @@ def run_vllm_bench(cfg: VllmBenchConfig, out=sys.stdout) -> dict[str, Any]:
         scheduling = "on" if async_scheduling else "off"
         log(f"engine ready in {time.perf_counter() - started:.0f}s (async scheduling {scheduling})")
         try:
-            measured = _measure(harness, cfg, eos, SamplingParams, log)
+            measured = _measure(harness, cfg, eos, SamplingParams, log) | in_engine_signal_cost(cfg.requests)
             return measured | {"device": _device(), "model": described, "vllm_async_scheduling": async_scheduling}
         finally:
             harness.close()
@@ -173,11 +181,15 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
     plain = sampling_params(max_tokens=cfg.max_tokens, temperature=1.0, ignore_eos=True, seed=None)
     logprobs2 = plain.clone()
     logprobs2.logprobs, logprobs2.detokenize = 2, True
+    logprobs2_flat = plain.clone()
+    logprobs2_flat.logprobs, logprobs2_flat.detokenize, logprobs2_flat.flat_logprobs = 2, False, True
     prompts = [[5 + (i * 7 + j) % 200 for j in range(cfg.prompt_tokens)] for i in range(cfg.requests)]
+
+    firing_lengths: list[int] = []
 
     async def batch(variant: str) -> tuple[float, int, int]:
         """(seconds, generated tokens, monitor ns) of one batch of the variant."""
-        params = logprobs2 if variant == "logprobs2" else plain
+        params = {"logprobs2": logprobs2, "logprobs2_flat": logprobs2_flat}.get(variant, plain)
         rules = [
             _rule(eos, cfg.max_tokens, firing=variant == "duet_firing") if variant.startswith("duet") else None
             for _ in prompts
@@ -185,7 +197,10 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
         start = time.perf_counter()
         done = await asyncio.gather(*(harness.one(p, params, r) for p, r in zip(prompts, rules, strict=True)))
         seconds = time.perf_counter() - start
-        tokens = sum(len(final.outputs[0].token_ids) for final, _ in done)
+        lengths = [len(final.outputs[0].token_ids) for final, _ in done]
+        if variant == "duet_firing":
+            firing_lengths.extend(lengths)
+        tokens = sum(lengths)
         return seconds, tokens, sum(r.monitor_ns for r in rules if r is not None)
 
     harness.run(batch("plain"))  # warm-up: first-step compilation and caches
@@ -202,12 +217,47 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
     return {
         "vllm_plain_tok_s": round(tok_s["plain"], 1),
         "vllm_logprobs2_tok_s": round(tok_s["logprobs2"], 1),
+        "vllm_logprobs2_flat_tok_s": round(tok_s["logprobs2_flat"], 1),
         "vllm_duet_tok_s": round(tok_s["duet"], 1),
         "vllm_firing_tok_s": round(tok_s["duet_firing"], 1),
         "vllm_throughput_ratio": round(tok_s["duet"] / tok_s["plain"], 4),
         "vllm_logprobs2_ratio": round(tok_s["logprobs2"] / tok_s["plain"], 4),
+        "vllm_logprobs2_flat_ratio": round(tok_s["logprobs2_flat"] / tok_s["plain"], 4),
         "server_monitor_ns_per_token": round(sum(ns for ns, _ in monitored) / max(sum(t for _, t in monitored), 1), 1),
+        "vllm_firing_lengths": [min(firing_lengths), max(firing_lengths)],
         "requests": cfg.requests,
         "max_tokens": cfg.max_tokens,
         "rounds": cfg.rounds,
     }
+
+
+def in_engine_signal_cost(batch: int, vocab: int = QWEN3_VOCAB, repeats: int = 30) -> dict[str, float]:
+    """Median cost of DUET's confidence signal computed inside the engine for one decode step of ``batch`` requests:
+    top-2 log-probs from the step's logits (log-sum-exp and top-k over the vocabulary) and the hysteresis counters,
+    vectorised on this device. A lower bound of a logits-processor design (it leaves out per-request bookkeeping)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(batch, vocab, device=device, generator=generator)
+    counters = torch.zeros(batch, dtype=torch.int32, device=device)
+
+    def step() -> torch.Tensor:  # max, mask, max: faster than torch.topk over a long row (measured on an H200)
+        first, index = logits.max(dim=-1)
+        second = logits.scatter(-1, index[:, None], float("-inf")).max(dim=-1).values
+        normaliser = torch.logsumexp(logits, dim=-1)
+        margin = (first - normaliser).exp() - (second - normaliser).exp()  # DUET's default signal
+        return torch.where(margin > 0.5, counters + 1, torch.zeros_like(counters))
+
+    times = []
+    for i in range(repeats + 3):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:  # warm-up
+            times.append(time.perf_counter() - start)
+    us = statistics.median(times) * 1e6
+    return {"in_engine_signal_us_per_step": round(us, 1), "in_engine_signal_ns_per_token": round(us * 1e3 / batch, 1)}

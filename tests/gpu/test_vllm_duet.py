@@ -30,16 +30,25 @@ from vllm_checks import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+# Every check runs with vLLM's async scheduling on (vLLM's default on a GPU: the engine may compute one token past a
+# stop or abort before it lands) and off: DUET cuts the returned stream at its decision, so the checks' exact lengths
+# and end-of-turn tokens must hold either way.
+@pytest.fixture(scope="module", params=[True, False], ids=["async_scheduling", "sync_scheduling"])
+def harness(request, tmp_path_factory):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     path = tmp_path_factory.mktemp("tiny")
-    tokenizer = build_model(path, hidden=256, layers=4, heads=8)
+    tokenizer = build_model(path, hidden=256, layers=4, heads=4)  # head size 64: FlashAttention 3 on Hopper has it
     args = AsyncEngineArgs(
-        model=str(path), max_model_len=1024, gpu_memory_utilization=0.3, enforce_eager=True, dtype="float16"
+        model=str(path),
+        max_model_len=1024,
+        gpu_memory_utilization=0.3,
+        enforce_eager=True,
+        dtype="float16",
+        async_scheduling=request.param,
     )
     engine = EngineHarness(args)
+    assert bool(engine.llm.vllm_config.scheduler_config.async_scheduling) == request.param
     yield engine, tokenizer
     engine.close()
 

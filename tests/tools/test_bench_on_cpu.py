@@ -25,12 +25,17 @@ def test_bench_with_vllm_prints_every_key_last():
     for key in ("alloc_us_m8192", "monitor_ns_per_token", "monitor_speedup"):  # the micro-benchmarks stay
         assert result[key] > 0, key
     assert result["device"].startswith("cpu") and result["requests"] == 4 and result["max_tokens"] == 48
-    for key in ("vllm_plain_tok_s", "vllm_logprobs2_tok_s", "vllm_duet_tok_s", "vllm_firing_tok_s"):
+    for key in ("vllm_plain_tok_s", "vllm_logprobs2_tok_s", "vllm_logprobs2_flat_tok_s", "vllm_duet_tok_s"):
         assert result[key] > 0, key
     plain = result["vllm_plain_tok_s"]
     assert result["vllm_throughput_ratio"] == pytest.approx(result["vllm_duet_tok_s"] / plain, 1e-3)
     assert result["vllm_logprobs2_ratio"] == pytest.approx(result["vllm_logprobs2_tok_s"] / plain, 1e-3)
+    assert result["vllm_logprobs2_flat_ratio"] == pytest.approx(result["vllm_logprobs2_flat_tok_s"] / plain, 1e-3)
+    assert result["vllm_firing_tok_s"] > 0
     assert result["server_monitor_ns_per_token"] > 0  # the monitor ran on every DUET request
+    low, high = result["vllm_firing_lengths"]
+    assert low == high < 48  # every firing rollout is cut at its decision, none runs to the cap
+    assert result["in_engine_signal_us_per_step"] > 0 and result["in_engine_signal_ns_per_token"] > 0
     assert result["vllm_async_scheduling"] is False  # asked for, but vLLM's CPU platform turns it off
 
 
