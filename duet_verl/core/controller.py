@@ -236,7 +236,7 @@ class DuetController:
         gates_updated = self.gates.step()
         step = planned.step if planned else -1
         policy_metrics = self.policy.observe(unique, rewards, step) if rewards else {}
-        if obs.rewards is not None:
+        if obs.rewards is not None and self.policy.reads_rollouts:
             policy_metrics.update(self.policy.observe_rollouts(self._feedback(obs, pruned), step))
         observed = sigma_arr  # what the score predicts: sigma_t, or for pass_rate the group's reward variance
         if self.settings.surrogate.signal == "pass_rate":

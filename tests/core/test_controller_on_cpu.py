@@ -181,3 +181,24 @@ def test_allocation_off_gives_every_prompt_grpos_count_with_weight_one():
     plan = controller.plan([str(i) for i in range(10)], step=1)
     assert plan.allocation.n.tolist() == [4] * 10 and np.all(plan.allocation.p_pre == 1.0)
     assert all(rule is not None for rule in plan.stop_rules)  # the stop/abort rule still acts
+
+
+@pytest.mark.parametrize(("policy", "fed"), [("duet", False), ("uniform", False), ("arrol", True)])
+def test_only_a_policy_that_reads_single_rollouts_gets_them(policy, fed, monkeypatch):
+    """The per-rollout feedback (ARRoL's quality head) is built only for a policy that reads it."""
+    ctl = controller(policy=policy)
+    built = []
+    feedback = ctl._feedback
+    monkeypatch.setattr(ctl, "_feedback", lambda *a: built.append(1) or feedback(*a))
+    ctl.plan(["a", "b"], step=1)
+    ctl.observe(
+        StepObservation(
+            ["a", "a", "b", "b"],
+            np.array([10, 20, 30, 40]),
+            reports(*["natural_eos"] * 4),
+            np.array([1.0, -1.0, 1.0, -1.0]),
+            np.ones(4),
+            rewards=np.array([1.0, 0.0, 1.0, 0.0]),
+        )
+    )
+    assert bool(built) is fed

@@ -1,6 +1,7 @@
 """End to end on CPU: each budget-aware baseline (``duet.policy``) trains through ``python -m duet_verl.main``.
 
-Two steps on a pool of four prompts, so the second step sees every prompt again: GRESO can skip a prompt whose first
+Two steps on a pool of four prompts, so the second step sees every prompt again: uniform runs GRPO's group at the
+budget (the comparison every budget method must beat), GRESO can skip a prompt whose first
 group was zero-variance (a prompt with no rollout at all in verl's batch), VIP fits its Gaussian process on the
 first step's groups, and ARRoL's quality head learns from the first step's probed rollouts and prunes in the second,
 inside verl's vLLM server.
@@ -22,6 +23,7 @@ CFG = QuickstartConfig(
 # prompts at step 2 (or 3) admit one and skip three, so a step trains with prompts that have no rollout at all.
 # VIP: fit the GP from the first step on.
 EXTRA = {
+    "uniform": [],
     "greso": ["duet.greso.p_easy=0.3", "duet.greso.p_hard=0.3", "duet.greso.adjust_step=0"],
     "vip": ["duet.vip.min_points=2"],
     # ARRoL: probe after 8 tokens, one warm-up step, a head from 4 probed rollouts on
@@ -34,8 +36,7 @@ def assets(tmp_path_factory) -> dict[str, str]:
     return build_assets(CFG, tmp_path_factory.mktemp("baselines"))
 
 
-# uniform: DRY_RUN only, in tests/adapters (a run costs ~1.5 min)
-@pytest.mark.parametrize("method", ["greso", "vip", "arrol"])
+@pytest.mark.parametrize("method", ["uniform", "greso", "vip", "arrol"])
 def test_baseline_trains_through_verl(method, assets, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()  # verl's file logger does not create the directory of VERL_FILE_LOGGER_PATH
@@ -57,6 +58,10 @@ def test_baseline_trains_through_verl(method, assets, tmp_path):
         assert data["duet/rate_aborted"] == 0.0 and data["duet/rate_stopped_after_marker"] == 0.0
         assert data["duet/score_mismatch"] == 0.0 and "actor/pg_loss" in data
     first, second = steps
+    if method == "uniform":  # GRPO at the budget: round(0.5 * 4) = 2 rollouts for every prompt, every step
+        for data in steps:
+            assert data["duet/n_min"] == data["duet/n_max"] == 2 and data["duet/n_total"] == 8
+            assert data["duet/rollouts"] == 8 and data["duet/valid_fraction"] == 1.0
     if method == "greso":
         assert first["duet/greso_skipped_fraction"] == 0.0  # cold start: every prompt rolled out
         zero_variance = first["duet/greso_zero_variance_fraction"]

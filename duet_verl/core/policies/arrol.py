@@ -104,6 +104,7 @@ class ArrolPolicy(BudgetPolicy):
     name = "arrol"
     monitors = True
     stop_abort = False
+    reads_rollouts = True
 
     def __init__(
         self,

@@ -73,6 +73,7 @@ class BudgetPolicy:
     name: ClassVar[str]
     monitors: ClassVar[bool] = False  # run the monitor during rollout (with duet.stop.enable)
     stop_abort: ClassVar[bool] = True  # the monitor applies DUET's stop/abort rule (else only the policy's probes)
+    reads_rollouts: ClassVar[bool] = False  # the controller builds and feeds :meth:`observe_rollouts` each step
 
     def allocate(self, request: AllocationRequest) -> PolicyAllocation:
         """Rollouts per prompt (``allocation.spent <= request.budget`` unless documented otherwise)."""
