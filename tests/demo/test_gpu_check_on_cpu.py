@@ -31,7 +31,9 @@ def gpu_check_quickstart_argv(out: Path) -> list[str]:
 
 def test_the_gpu_check_script_parses():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
-    assert re.search(r"^run train_duet_2_steps \d+ ", SCRIPT.read_text(), re.M)  # its own time limit
+    text = SCRIPT.read_text()
+    for check in ("tests_gpu", "bench_vllm", "bench_vllm_sync", "train_duet_2_steps"):  # each under its own limit
+        assert re.search(rf"^\s*run {check} \d+ ", text, re.M), check
 
 
 def test_the_gpu_training_check_composes_on_cpu_with_the_cpu_runs_overrides(tmp_path):

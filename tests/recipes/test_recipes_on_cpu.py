@@ -22,9 +22,13 @@ BUDGETS = ("1.0", "0.5", "0.25")
 VAL_SETS = ("math500", "aime2024", "gsm8k", "humaneval", "gpqa_diamond")
 CASES = [
     (list(FAMILIES)[(j + k) % len(FAMILIES)], method, engine, BUDGETS[(j + 2 * k) % len(BUDGETS)])
-    for j, method in enumerate(METHODS + BASELINE_POLICIES)
+    for j, method in enumerate(METHODS)
     for k, engine in enumerate(ENGINES)
-]  # every method with both engines; the families rotate (each script with each engine twice), the budgets too
+] + [
+    (list(FAMILIES)[j % len(FAMILIES)], policy, ENGINES[j % len(ENGINES)], BUDGETS[(j + 1) % len(BUDGETS)])
+    for j, policy in enumerate(BASELINE_POLICIES)
+]  # each method with both engines, each baseline policy (the same overrides as DUET's, engine aside) with one of
+# them in turn; the families and budgets rotate
 
 
 def run_recipe(recipe: str, *overrides: str, dry_run: bool = True, **env: str) -> subprocess.CompletedProcess:
