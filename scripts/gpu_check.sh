@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script for a lent GPU machine (H100/H200), sized for 8 minutes at most and downloading
-# nothing: the GPU test suite (DUET's monitor inside vLLM's real AsyncLLM on CUDA), `duet-verl bench --vllm` on a
-# randomly initialised Qwen3-1.7B-shaped model with vLLM's async scheduling on (its GPU default) and off, and 2 DUET
-# training steps through verl's V1 trainer with
-# rollout.name=vllm on the quickstart's locally built tiny model (`duet-verl quickstart --device cuda`: the same
-# per-policy overrides as the CPU end-to-end test, with gpu_overrides() in place of cpu_overrides()).
+# The GPU checks, as one script for a lent GPU machine (H100/H200), downloading nothing: the GPU test suite (DUET's
+# monitor inside vLLM's real AsyncLLM on CUDA, with vLLM's async scheduling on and off), `duet-verl bench --vllm` on a
+# randomly initialised Qwen3-1.7B-shaped model with async scheduling on (vLLM's GPU default) and off, and 2 DUET
+# training steps through verl's V1 trainer with rollout.name=vllm on the quickstart's locally built tiny model
+# (`duet-verl quickstart --device cuda`: the same per-policy overrides as the CPU end-to-end test, with
+# gpu_overrides() in place of cpu_overrides()).
 #
-# Needs vLLM 0.24 importable (a machine installed with `python install.py '.[test]'`, or PYTHONPATH pointing at an
-# unpacked install); the training check needs verl too and is skipped, saying so, where verl is not importable. Writes its logs to $OUT (default /tmp/gpu_check); the bench's last line is its JSON; the
-# training's summary is $OUT/train/summary.json. Ends with one summary line per check.
+# Time: each check runs under its own limit (below). Without verl the limits add up to 9.5 minutes (on an H200 the
+# checks took 6.5); the training check adds 3, more than one 10-minute device call holds, so run it in a second call
+# there. Needs vLLM 0.24 importable (a machine installed with `python install.py '.[test]'`, or PYTHONPATH pointing
+# at an unpacked install); the training check needs verl too and is skipped, printing why, where verl does not import.
+# Writes its logs to $OUT (default /tmp/gpu_check); the bench's last line is its JSON; the training's summary is
+# $OUT/train/summary.json. Ends with one summary line per check.
 # Usage: bash scripts/gpu_check.sh [requests] [max_tokens] [rounds]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,15 +45,15 @@ run tests_gpu 160 "$PY" -m pytest tests/gpu -o python_files='test_*.py' -p no:ca
 run bench_vllm 240 "$PY" -m duet_verl.cli bench --repeats 10 --vllm --shape qwen3-1.7b \
   --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --rounds "$ROUNDS"
 tail -n 1 "$OUT/bench_vllm.log" > "$OUT/bench_vllm.json"
-run bench_vllm_sync 150 "$PY" -m duet_verl.cli bench --repeats 3 --vllm --shape qwen3-1.7b --async-scheduling off \
+run bench_vllm_sync 170 "$PY" -m duet_verl.cli bench --repeats 3 --vllm --shape qwen3-1.7b --async-scheduling off \
   --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --rounds "$ROUNDS"
 tail -n 1 "$OUT/bench_vllm_sync.log" > "$OUT/bench_vllm_sync.json"
 rm -rf "$OUT/train"
-if "$PY" -c "import verl" 2>/dev/null; then
+if "$PY" -c "import verl" 2>"$OUT/verl_import.txt"; then
   run train_duet_2_steps 180 "$PY" -m duet_verl.cli quickstart --device cuda --out "$OUT/train" --steps 2 \
     --policies duet@0.5 --warm-start-steps 20 --prompts-per-step 4 --group-size 4 --evals 1
 else
-  SUMMARY+=("train_duet_2_steps: skipped (verl is not importable here)")
+  SUMMARY+=("train_duet_2_steps: skipped (verl does not import here: $(tail -n 1 "$OUT/verl_import.txt"))")
 fi
 
 echo "== summary ($(head -n 1 "$OUT/device.txt"))"

@@ -7,7 +7,8 @@ five variants, interleaved round by round so drift hits all of them alike:
 * ``plain``: no log-probs, no monitor (what GRPO's rollouts cost);
 * ``logprobs2``: top-2 detokenized log-probs, no monitor (what a log-prob reader without DUET's settings costs);
 * ``logprobs2_flat``: top-2 log-probs exactly as DUET's wrapper asks for them (flat lists, no detokenization), no
-  monitor: vLLM's own cost of DUET's signal, so ``duet`` ÷ ``logprobs2_flat`` is the monitor's;
+  monitor: vLLM's own cost of DUET's signal, so ``duet`` ÷ ``logprobs2_flat`` is what the monitored path adds (the
+  monitor's own time, ``server_monitor_ns_per_token``, and the wrapper's stream handling around it);
 * ``duet``: DUET's rule checking for a marker every 8 tokens and never firing (every request runs to its cap);
 * ``duet_firing``: DUET's rule firing (no answer marker, so every request is aborted at ``K2 + grace``).
 
@@ -15,11 +16,11 @@ Throughput is generated tokens per second of wall-clock for the batch; each vari
 The last line is one JSON object: ``vllm_plain_tok_s``, ``vllm_duet_tok_s``, ``vllm_throughput_ratio`` (DUET ÷
 plain), ``vllm_logprobs2_ratio`` (logprobs2 ÷ plain), ``vllm_logprobs2_flat_ratio``, ``vllm_firing_tok_s``,
 ``server_monitor_ns_per_token`` (DUET's own time per monitored token inside the wrapper), ``vllm_firing_lengths``
-(shortest and longest returned firing rollout: equal when every abort lands at its decision, with or without async
-scheduling), ``device``, ``model`` and the sizes. ``in_engine_signal_us_per_step`` and
-``in_engine_signal_ns_per_token`` price the in-engine design (DUET's confidence signal for one decode step of the
-batch from its logits over a Qwen3-sized vocabulary, vectorised, as a logits processor would compute it) on the same
-device, for comparison with ``server_monitor_ns_per_token``.
+(shortest and longest returned firing rollout: equal when every abort is cut at its decision, with or without async
+scheduling; tokens the engine computed ahead and threw away are not counted), ``device``, ``model`` and the sizes.
+``in_engine_signal_us_per_step`` and ``in_engine_signal_ns_per_token`` price the in-engine design (DUET's confidence
+signal for one decode step of the batch from its logits over a Qwen3-sized vocabulary, vectorised, as a logits
+processor would compute it) on the same device, for comparison with ``server_monitor_ns_per_token``.
 """
 
 from __future__ import annotations

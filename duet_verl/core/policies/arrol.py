@@ -104,7 +104,6 @@ class ArrolPolicy(BudgetPolicy):
     name = "arrol"
     monitors = True
     stop_abort = False
-    reads_rollouts = True
 
     def __init__(
         self,

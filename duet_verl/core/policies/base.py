@@ -73,7 +73,6 @@ class BudgetPolicy:
     name: ClassVar[str]
     monitors: ClassVar[bool] = False  # run the monitor during rollout (with duet.stop.enable)
     stop_abort: ClassVar[bool] = True  # the monitor applies DUET's stop/abort rule (else only the policy's probes)
-    reads_rollouts: ClassVar[bool] = False  # the controller builds and feeds :meth:`observe_rollouts` each step
 
     def allocate(self, request: AllocationRequest) -> PolicyAllocation:
         """Rollouts per prompt (``allocation.spent <= request.budget`` unless documented otherwise)."""
@@ -84,8 +83,14 @@ class BudgetPolicy:
         return {}
 
     def observe_rollouts(self, feedback: RolloutFeedback, step: int) -> dict[str, float]:
-        """Learn from the step's single rollouts (ARRoL's quality head); returns metrics."""
+        """Learn from the step's single rollouts (ARRoL's quality head); returns metrics. The controller builds the
+        feedback only for a policy that overrides this (:attr:`reads_rollouts`)."""
         return {}
+
+    @property
+    def reads_rollouts(self) -> bool:
+        """Whether this policy overrides :meth:`observe_rollouts`."""
+        return type(self).observe_rollouts is not BudgetPolicy.observe_rollouts
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (plain Python)."""
