@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--warm-start-steps", type=int, default=defaults.warm_start_steps)
     quick.add_argument("--evals", type=int, default=defaults.evals, help="held-out evaluations during training")
     quick.add_argument(
+        "--heldout-problems",
+        type=int,
+        default=defaults.val_problems,
+        help="held-out problems each evaluation scores (mean@4; fewer: a faster, noisier evaluation)",
+    )
+    quick.add_argument(
         "--device", choices=DEVICES, default=defaults.device, help="where verl trains and vLLM generates"
     )
 
@@ -129,6 +135,7 @@ def quickstart_config(args: argparse.Namespace) -> QuickstartConfig:
         group_size=args.group_size,
         warm_start_steps=args.warm_start_steps,
         evals=args.evals,
+        val_problems=args.heldout_problems,
         device=args.device,
     )
 
@@ -155,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         from duet_verl.demo.quickstart import parse_policy, problem_splits, run_quickstart
 
         cfg = quickstart_config(args)
+        _require_positive(parser, args, "steps", "seeds", "heldout_problems")
         try:
             for p in cfg.policies:
                 parse_policy(p)
             problem_splits(cfg)  # unknown tasks, or too few distinct problems for the three sets
         except ValueError as err:
             parser.error(str(err))
-        _require_positive(parser, args, "steps", "seeds")
         run_quickstart(cfg)
         return 0
     if args.command == "report":

@@ -46,7 +46,8 @@ def test_bench_rejects_non_positive_sizes(flag):
 
 
 @pytest.mark.parametrize(
-    ("command", "flag"), [("quickstart", "--seeds"), ("quickstart", "--steps"), ("simulate", "--cap")]
+    ("command", "flag"),
+    [("quickstart", "--seeds"), ("quickstart", "--steps"), ("quickstart", "--heldout-problems"), ("simulate", "--cap")],
 )
 def test_other_commands_reject_non_positive_sizes(command, flag):
     out = subprocess.run(
