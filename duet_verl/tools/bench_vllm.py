@@ -234,8 +234,9 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
 
 def in_engine_signal_cost(batch: int, vocab: int = QWEN3_VOCAB, repeats: int = 30) -> dict[str, float]:
     """Median cost of DUET's confidence signal computed inside the engine for one decode step of ``batch`` requests:
-    top-2 log-probs from the step's logits (log-sum-exp and top-k over the vocabulary) and the hysteresis counters,
-    vectorised on this device. A lower bound of a logits-processor design (it leaves out per-request bookkeeping)."""
+    the margin of :func:`duet_verl.core.signals.margin` from the step's logits (the two largest by max, mask, max;
+    the log-sum-exp over the vocabulary) and the hysteresis counters, vectorised on this device. A lower bound of a
+    logits-processor design (it leaves out per-request bookkeeping)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
