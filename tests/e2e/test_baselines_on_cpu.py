@@ -5,6 +5,9 @@ budget (the comparison every budget method must beat), GRESO can skip a prompt w
 group was zero-variance (a prompt with no rollout at all in verl's batch), VIP fits its Gaussian process on the
 first step's groups, and ARRoL's quality head learns from the first step's probed rollouts and prunes in the second,
 inside verl's vLLM server.
+
+GRESO's run is also the resume test: it trains step 1, saves a checkpoint, and a second ``main`` resumes from it for
+step 2, whose skips follow from the restored per-prompt streaks (a fresh start would skip nothing).
 """
 
 import json
@@ -16,6 +19,7 @@ import pytest
 
 from duet_verl.demo.quickstart import Policy, QuickstartConfig, build_assets, policy_overrides
 
+METHODS = ("uniform", "greso", "vip", "arrol")
 CFG = QuickstartConfig(
     steps=2, prompts_per_step=4, group_size=4, warm_start_steps=5, train_problems=4, val_problems=4, evals=1
 )
@@ -36,21 +40,50 @@ def assets(tmp_path_factory) -> dict[str, str]:
     return build_assets(CFG, tmp_path_factory.mktemp("baselines"))
 
 
-@pytest.mark.parametrize("method", ["uniform", "greso", "vip", "arrol"])
-def test_baseline_trains_through_verl(method, assets, tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()  # verl's file logger does not create the directory of VERL_FILE_LOGGER_PATH
-    overrides = [o for o in policy_overrides(Policy(method, 0.5), CFG, assets, run_dir) if "val_before_train" not in o]
-    overrides += ["trainer.val_before_train=False", "trainer.test_freq=100", *EXTRA[method]]
+def train(run_dir: Path, overrides: list[str], name: str = "main") -> str:
+    """One ``python -m duet_verl.main`` run; returns its whole output (also kept in ``run_dir / f"{name}.log"``)."""
     proc = subprocess.run(
         [sys.executable, "-m", "duet_verl.main", *overrides], capture_output=True, text=True, timeout=600
     )
     log = proc.stdout + proc.stderr
-    (run_dir / "main.log").write_text(log)  # the whole output: Ray actors' errors can sit far from the end
+    (run_dir / f"{name}.log").write_text(log)  # the whole output: Ray actors' errors can sit far from the end
     problems = [line for line in log.splitlines() if any(w in line for w in ("Error", "Traceback", "killed"))]
     assert proc.returncode == 0, ("\n".join(problems[-20:]), proc.stderr[-2000:])
-    rows = [json.loads(line) for line in Path(run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = [r["data"] for r in rows if "duet/tokens_generated" in r["data"]]
+    return log
+
+
+def duet_state(run_dir: Path, step: int) -> dict:
+    return json.loads((run_dir / "checkpoints" / f"global_step_{step}" / "duet_state.json").read_text())
+
+
+def train_method(method: str, assets: dict[str, str], run_dir: Path) -> list[dict]:
+    """Train ``method`` for two steps (GRESO: one, then one more after a resume); returns each step's metrics."""
+    run_dir.mkdir()  # verl's file logger does not create the directory of VERL_FILE_LOGGER_PATH
+    resumed = method == "greso"
+    dropped = ("trainer.val_before_train", "trainer.total_training_steps", "trainer.save_freq")
+    overrides = [o for o in policy_overrides(Policy(method, 0.5), CFG, assets, run_dir) if not o.startswith(dropped)]
+    overrides += ["trainer.val_before_train=False", "trainer.test_freq=100", *EXTRA[method]]
+    first_metrics = ""
+    if not resumed:
+        train(run_dir, [*overrides, "trainer.total_training_steps=2", "trainer.save_freq=-1"])
+    else:  # step 1, a checkpoint, then a second process resuming from it for step 2
+        resume = ["trainer.save_freq=1", "trainer.resume_mode=auto"]
+        train(run_dir, [*overrides, "trainer.total_training_steps=1", *resume], "first")
+        first_metrics = (run_dir / "metrics.jsonl").read_text()  # verl's file logger starts the file afresh
+        saved = duet_state(run_dir, 1)
+        assert saved["policy"]["name"] == "greso" and len(saved["policy"]["state"]["streaks"]) == 4
+        assert len(saved["surrogate"]["prompts"]) == 4  # DUET's shared state (the surrogate) is saved too
+        log = train(run_dir, [*overrides, "trainer.total_training_steps=2", *resume], "resumed")
+        assert "[duet] restored DUET state" in log
+        again = duet_state(run_dir, 2)  # the surrogate went on from the restored one: one more step of observations
+        assert again["surrogate"]["ridge"]["count"] > saved["surrogate"]["ridge"]["count"] > 0
+    rows = [json.loads(line) for line in (first_metrics + (run_dir / "metrics.jsonl").read_text()).splitlines() if line]
+    return [r["data"] for r in rows if "duet/tokens_generated" in r["data"]]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_baseline_trains_through_verl(method, assets, tmp_path):
+    steps = train_method(method, assets, tmp_path / "run")
     assert len(steps) == 2
     for data in steps:  # the shared accounting and metrics; DUET's stop/abort rule did not run
         if method != "arrol":  # ARRoL plans beyond the budget what it expects pruning to save
