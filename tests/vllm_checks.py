@@ -45,7 +45,7 @@ def check_abort_returns_partial_tokens(harness: EngineHarness, tokenizer, count:
     """No marker by K2 + grace: each request ends there, with its partial tokens, and leaves the engine."""
     from vllm import SamplingParams
 
-    params = SamplingParams(max_tokens=200, temperature=1.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=200, temperature=1.0, ignore_eos=True, logprobs=0)  # as verl asks
 
     async def many():
         return await asyncio.gather(
@@ -56,8 +56,9 @@ def check_abort_returns_partial_tokens(harness: EngineHarness, tokenizer, count:
         completion = final.outputs[0]
         assert completion.finish_reason == ABORT_FINISH_REASON
         assert len(completion.token_ids) == 48 + 8 == len(completion.logprobs)
-        # DUET asked vLLM for flat log-probs and no detokenization (the monitor decodes the sampled tokens itself):
-        # the server gets back only each sampled token's own entry
+        # no marker, so the request ran lean (the log-probs verl asked for, flat, no detokenization: the monitor
+        # decodes the sampled tokens itself) in one segment; the server gets back each sampled token's own entry
+        assert request.segments == 1 and not request.has_signal
         assert [list(p) for p in completion.logprobs] == [[t] for t in completion.token_ids]
         positions = zip(completion.logprobs, completion.token_ids, strict=True)
         assert all(p[t].logprob <= 0 and p[t].decoded_token is None for p, t in positions)
@@ -202,4 +203,71 @@ def check_arrol_probe_prunes_in_the_engine(harness: EngineHarness, tokenizer, co
         report = monitored.report()
         assert len(final.outputs[0].token_ids) == 64 and report.outcome == "length_cap" and report.probe_features
     assert len(fed) == 16 * count and set(fed) == {""}  # the probe's tokens only, without text
+    assert harness.unfinished() == 0
+
+
+def check_lean_requests_decide_as_reading_logprobs_throughout(
+    harness: EngineHarness, tokenizer, logprob_tolerance: float = 1e-3
+) -> None:
+    """A lean request (no top-k log-probs until a marker arms the rule, then a continuation from the prefix) takes
+    exactly the decisions, at the same tokens, of the same request reading top-2 log-probs from its first token:
+    greedy requests through both wrappers, the marker (any character) seen at the first check, thresholds from
+    "stop at once" to "never stop". The returned sampled log-probs agree too; the lean one ran in two segments."""
+    from vllm import SamplingParams
+
+    from duet_verl.adapters.stream_monitor import monitored_generate
+
+    lean, reading = harness.generate, monitored_generate(harness.llm.generate, harness.llm.tokenizer, lean=False)
+    params = SamplingParams(max_tokens=80, temperature=0.0, ignore_eos=True, logprobs=0)
+    rules = {"k1": 16, "k2": 40, "min_tokens": 8, "check_every": 8, "hysteresis": 3}
+
+    from duet_verl.core.monitor import StopAbortMonitor
+
+    fed: list[tuple[int, tuple[float, ...]]] = []  # (token, top log-probs) of every token the monitor read a signal of
+    on_token = StopAbortMonitor.on_token
+
+    def reading_on_token(self, text, top):
+        if self.reads_signal:
+            fed.append((self.tokens_seen + 1, tuple(top)))
+        return on_token(self, text, top)
+
+    async def run(generate, threshold: float, prompt: list[int]):
+        harness.generate = generate
+        fed.clear()
+        any_text = MarkerSpec(domains=(), regexes=(r"[\s\S]",))
+        rule = stop_rule(tokenizer.eos_token_id, threshold=threshold, markers=any_text, **rules)
+        final, request = await harness.one(prompt, params, rule)
+        return final.outputs[0], request, list(fed)
+
+    def same_signals(ours: list, theirs: list) -> bool:
+        return [t for t, _ in ours] == [t for t, _ in theirs] and all(
+            len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b, strict=True)) < logprob_tolerance
+            for (_, a), (_, b) in zip(ours, theirs, strict=True)
+        )
+
+    outcomes = set()
+    StopAbortMonitor.on_token = reading_on_token
+    try:
+        for threshold in (0.0, 0.05, 0.2, 1.0):
+            for prompt in ([5, 6, 7], [40, 41, 42, 43]):
+                ours, lean_request, our_signals = harness.run(run(lean, threshold, prompt))
+                theirs, reading_request, their_signals = harness.run(run(reading, threshold, prompt))
+                report = lean_request.report()
+                assert list(ours.token_ids) == list(theirs.token_ids), (threshold, prompt)
+                assert report.to_dict() | {"monitor_ns": 0} == reading_request.report().to_dict() | {"monitor_ns": 0}
+                # the marker came at the check of token 16; the continuation started right after it, and the monitor
+                # read the same signals at the same tokens (none before the marker on either path)
+                assert lean_request.segments == 2 and reading_request.segments == 1
+                assert report.marker_at == lean_request.offset == 16 and our_signals[0][0] == 17
+                assert same_signals(our_signals, their_signals), (threshold, prompt)
+                assert len(ours.logprobs) == len(ours.token_ids)
+                sampled = [(t, p[t].logprob) for p, t in zip(ours.logprobs, ours.token_ids, strict=True)]
+                expected = [(t, p[t].logprob) for p, t in zip(theirs.logprobs, theirs.token_ids, strict=True)]
+                assert [t for t, _ in sampled] == [t for t, _ in expected]
+                assert max(abs(a - b) for (_, a), (_, b) in zip(sampled, expected, strict=True)) < logprob_tolerance
+                outcomes.add(report.outcome)
+    finally:
+        harness.generate = lean
+        StopAbortMonitor.on_token = on_token
+    assert outcomes == {"stopped_after_marker", "length_cap"}, outcomes  # thresholds that stop and one that never does
     assert harness.unfinished() == 0

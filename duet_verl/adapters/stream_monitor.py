@@ -23,6 +23,17 @@ decodes every sampled token and log-prob alternative in its front end, the large
 (measured with ``duet-verl bench --vllm``). Without a tokenizer (or with stop strings, which need vLLM's detokenizer)
 the engine's ``decoded_token`` is read instead. A rule without DUET's stop/abort (ARRoL's probe alone) reads no text.
 
+Log-probs are read only after an answer marker (and by ARRoL's probe), so where the monitor decodes itself a request
+first runs *lean*: with exactly the log-probs its caller asked for (none, or verl's sampled-token log-prob), which
+is what a request without DUET costs. When a marker arms the rule, that first segment is closed at the marker check
+and a continuation (prompt + the segment's tokens, served from vLLM's prefix cache) asks for the top-k log-probs the
+rule reads from there on; its outputs are stitched behind the segment, so the server sees one request. Tokens the
+engine had generated past the check are dropped unread and generated again, a fresh draw from the same distribution,
+so the decisions (rule, signals, rollout seeds) are those of one request reading log-probs throughout. Requests that
+cannot be continued exactly run with log-probs from the start: a sampling seed (the continuation would restart the
+seeded generator), stop strings, structured outputs, multi-modal prompts, ``n > 1``, presence or frequency penalties,
+or a probe.
+
 A server hands a request's monitor to the engine wrapper through a :class:`contextvars.ContextVar`
 (:func:`with_monitor` / :func:`monitored_generate`), never through a table keyed by request id: verl's
 ``rollout.full_determinism`` gives every rollout the same request id (``det-{priority}``).
@@ -106,6 +117,13 @@ class MonitoredRequest:
         self.abort_failed = False
         self.monitor_ns = 0
         self.decoder: SpanDecoder | None = None  # set by the engine wrapper when the monitor decodes itself
+        self.has_signal = True  # the current segment carries the top-k log-probs (False: a lean first segment)
+        self.resume_at: int | None = None  # tokens kept when a lean segment reached what needs log-probs
+        self.offset = 0  # tokens of the first segment before the continuation's first token
+        self.segments = 1
+        self._head_ids: list[int] = []  # the first segment's kept tokens and their sampled log-prob entries
+        self._head_logprobs: list[dict[int, Any]] | None = None
+        self._head_output: Any = None
         self._quiet = 0  # token count up to which the monitor reads nothing (cached after each update)
         self._text_end = 0  # tokens whose text was handed to the monitor
 
@@ -117,17 +135,18 @@ class MonitoredRequest:
         if self.decision is not Action.CONTINUE:
             return self.decision
         start = time.perf_counter_ns()
-        token_ids = completion.token_ids
-        count = len(token_ids)
+        token_ids, offset = completion.token_ids, self.offset
+        count = offset + len(token_ids)
         if count <= self._quiet:  # nothing to read in this output (the monitor catches up later): kept cheap
             self.seen = count
             self.monitor_ns += time.perf_counter_ns() - start
             return self.decision
         monitor, i = self.monitor, self._sync()
-        logprobs = completion.logprobs
-        if logprobs is None:
+        logprobs, signal = completion.logprobs, self.has_signal
+        if signal and logprobs is None:
             raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
         top_k, flat = self.top_k, hasattr(logprobs, "start_indices")  # flat: [sampled, rank 1, …, rank k] per position
+        top: Any = ()
         while i < count:
             quiet = monitor.quiet_until
             if quiet > i:
@@ -135,12 +154,17 @@ class MonitoredRequest:
                 monitor.skip(step)
                 i += step
                 continue
+            if not signal and monitor.reads_signal:  # a lean segment reached what it cannot read: continue it
+                self.resume_at = i
+                break
             text = self._text(completion, i + 1) if monitor.text_due else ""
-            if flat:
-                at = logprobs.start_indices[i]
+            if not signal:
+                pass
+            elif flat:
+                at = logprobs.start_indices[i - offset]
                 top = logprobs.logprobs[at + 1 : at + 1 + top_k]
             else:
-                top = top_logprobs_of(logprobs[i], top_k)
+                top = top_logprobs_of(logprobs[i - offset], top_k)
             action = monitor.on_token(text, top)
             i += 1
             if action is not Action.CONTINUE:
@@ -177,6 +201,36 @@ class MonitoredRequest:
                 "decoded_token=None (detokenization is off for this request)"
             )
         return "".join(pieces)
+
+    def continue_from(self, output: Any) -> list[int]:
+        """Keep the lean segment ``output`` up to :attr:`resume_at` as the head of the response; the continuation
+        reads top-k log-probs. Returns the kept token ids (the continuation's prompt extends the prompt by them)."""
+        completion, keep = output.outputs[0], self.resume_at
+        self._head_ids = list(completion.token_ids[:keep])
+        if completion.logprobs is not None:  # the caller asked for log-probs: keep the sampled tokens' entries
+            self._head_logprobs = sampled_logprobs(completion.logprobs, self._head_ids)
+        self._head_output = output
+        self.offset, self.resume_at, self.has_signal = keep, None, True
+        self.segments += 1
+        return self._head_ids
+
+    def whole(self, output: Any) -> Any:
+        """``output`` of the current segment as one request's output: behind the head when continued (a copy)."""
+        if not self.offset:
+            return output
+        completion = copy.copy(output.outputs[0])
+        tail = list(completion.token_ids)
+        if self._head_logprobs is None:
+            completion.logprobs = None  # the caller asked for none; the continuation's were the monitor's
+        else:
+            completion.logprobs = self._head_logprobs + sampled_logprobs(completion.logprobs, tail)
+        completion.token_ids = self._head_ids + tail
+        final = copy.copy(output)
+        final.outputs = [completion, *output.outputs[1:]]
+        for name in ("prompt_token_ids", "num_cached_tokens", "prompt", "request_id"):
+            if hasattr(self._head_output, name):
+                setattr(final, name, getattr(self._head_output, name))
+        return final
 
     def finish(self, completion: Any) -> None:
         """Record how the engine ended a request the monitor let run (EOS, length cap or the engine's abort)."""
@@ -240,33 +294,63 @@ class MonitoredRequest:
         )
 
 
-async def monitored_stream(stream: AsyncIterator[Any], request: MonitoredRequest) -> AsyncIterator[Any]:
-    """Yield the engine's outputs, ending early (and closing the engine stream) when the monitor decides."""
-    last = None
-    async for output in stream:
-        last = output
-        if request.update(output.outputs[0]) is Action.CONTINUE:
-            if output.finished:
-                request.finish(output.outputs[0])
-                output = request.compact(output)
-            yield output
-            continue
-        try:
-            await stream.aclose()  # aborts the request inside the engine
-        except Exception:  # the rollout then simply runs to its natural end
-            logger.warning("DUET: closing the engine stream failed; the rollout finishes normally", exc_info=True)
-            try:
-                async for output in stream:
-                    last = output
-            except Exception:
-                logger.warning("DUET: the engine stream ended with an error after a failed abort", exc_info=True)
-            final = copy.copy(last)
-            final.finished = True
+async def monitored_stream(
+    stream: AsyncIterator[Any],
+    request: MonitoredRequest,
+    resume: Callable[[list[int]], AsyncIterator[Any]] | None = None,
+) -> AsyncIterator[Any]:
+    """Yield the engine's outputs, ending early (and closing the engine stream) when the monitor decides. A lean
+    request whose rule starts reading log-probs is continued through ``resume(head_token_ids)`` (a new engine stream
+    from the head on); a continuation yields only its finished output, stitched behind the head."""
+    while True:
+        last = None
+        async for output in stream:
+            last = output
+            action = request.update(output.outputs[0])
+            if action is Action.CONTINUE and request.resume_at is None:
+                if output.finished:
+                    output = request.whole(output)
+                    request.finish(output.outputs[0])
+                    yield request.compact(output)
+                elif not request.offset:
+                    yield output
+                continue
+            break
+        else:
+            return
+        if not await _close(stream):  # the request runs on to its natural end, with nothing more decided
+            final = request.whole(await _drain(stream, last))
             request.engine_kept_running(final.outputs[0])
             yield final
             return
-        yield request.cut(output)
-        return
+        if request.resume_at is None:
+            yield request.cut(request.whole(last))
+            return
+        if resume is None:
+            raise RuntimeError("a lean request reached its marker but the engine wrapper gave no way to continue it")
+        stream = resume(request.continue_from(last))
+
+
+async def _close(stream: AsyncIterator[Any]) -> bool:
+    """Close an engine stream (which aborts its request inside the engine); False if that failed."""
+    try:
+        await stream.aclose()
+    except Exception:  # the rollout then simply runs to its natural end
+        logger.warning("DUET: closing the engine stream failed; the rollout finishes normally", exc_info=True)
+        return False
+    return True
+
+
+async def _drain(stream: AsyncIterator[Any], last: Any) -> Any:
+    """The finished output of a stream that could not be closed (its request ran to its end)."""
+    try:
+        async for output in stream:
+            last = output
+    except Exception:
+        logger.warning("DUET: the engine stream ended with an error after a failed abort", exc_info=True)
+    final = copy.copy(last)
+    final.finished = True
+    return final
 
 
 def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], MonitoredRequest | None]:
@@ -332,12 +416,46 @@ def _prompt_ids(prompt: Any) -> list[int] | None:
     return list(prompt) if isinstance(prompt, list | tuple) else None
 
 
-def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], tokenizer: Any = None):
-    """Wrap an engine's ``generate(prompt, params, request_id, ...)``: a request made while a monitor is
-    current (:func:`with_monitor`) asks for flat top-k log-probs (on a copy of its params, via ``params.clone()``)
-    and streams through the monitor. With ``tokenizer`` (and no stop strings, which need vLLM's detokenizer) the
-    monitor decodes the sampled tokens itself and vLLM detokenizes nothing; otherwise vLLM detokenizes. Other
-    requests pass straight through."""
+def _lean_capable(prompt: Any, params: Any, request: MonitoredRequest) -> bool:
+    """Whether a request can run without log-probs until its rule reads them and then be continued exactly: the
+    monitor decodes the text itself, no probe reads log-probs from the start, and nothing in the request restarts or
+    changes when it is split (a sampling seed, stop strings, structured outputs, multi-modal inputs, ``n > 1``, and
+    presence or frequency penalties, which count output tokens only; the repetition penalty counts the prompt too)."""
+    monitor = request.monitor
+    return (
+        request.decoder is not None
+        and not monitor.reads_signal
+        and monitor.config.probe is None
+        and isinstance(prompt, dict)
+        and prompt.get("prompt_token_ids") is not None
+        and not prompt.get("multi_modal_data")
+        and getattr(params, "seed", None) is None
+        and not getattr(params, "stop", None)
+        and getattr(params, "structured_outputs", None) is None
+        and getattr(params, "n", 1) == 1
+        and not getattr(params, "presence_penalty", 0.0)  # these count output tokens only: the head would escape them
+        and not getattr(params, "frequency_penalty", 0.0)
+    )
+
+
+def _continuation(params: Any, request: MonitoredRequest, head: int) -> Any:
+    """The sampling params of the tokens after a lean segment's ``head`` tokens: the rule's top-k log-probs."""
+    params = params.clone()
+    params.logprobs = max(request.top_k, params.logprobs or 0)
+    if getattr(params, "max_tokens", None) is not None:
+        params.max_tokens -= head
+    if getattr(params, "min_tokens", 0):
+        params.min_tokens = max(0, params.min_tokens - head)
+    return params
+
+
+def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], tokenizer: Any = None, lean: bool = True):
+    """Wrap an engine's ``generate(prompt, params, request_id, ...)``: a request made while a monitor is current
+    (:func:`with_monitor`) streams through the monitor on a copy of its params (``params.clone()``) with flat
+    log-probs. With ``tokenizer`` (and no stop strings, which need vLLM's detokenizer) the monitor decodes the sampled
+    tokens itself, vLLM detokenizes nothing, and the request runs lean where it can (module docstring); otherwise it
+    asks for the rule's top-k log-probs from the start (always, with ``lean=False``). Other requests pass straight
+    through."""
 
     async def generate(prompt, sampling_params, request_id, *args, **kwargs):
         request = _CURRENT_REQUEST.get()
@@ -346,7 +464,6 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], token
                 yield output
             return
         params = sampling_params.clone()
-        params.logprobs = max(request.top_k, params.logprobs or 0)
         plain = getattr(params, "stop", None) or not request.needs_text  # vLLM decodes / nobody needs text
         decoder = None if plain else SpanDecoder.of(tokenizer, _prompt_ids(prompt))
         request.decoder = decoder
@@ -355,8 +472,18 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], token
         if hasattr(params, "flat_logprobs"):
             params.flat_logprobs = True  # vLLM keeps the log-probs in flat lists, not an object per alternative
         request.max_tokens = getattr(params, "max_tokens", None)
+        runs_lean = lean and _lean_capable(prompt, params, request)
+        request.has_signal = not runs_lean
+        if not runs_lean:
+            params.logprobs = max(request.top_k, params.logprobs or 0)
+
+        def resume(head: list[int]) -> AsyncIterator[Any]:
+            continued = {**prompt, "prompt_token_ids": [*prompt["prompt_token_ids"], *head]}
+            more = _continuation(params, request, len(head))
+            return engine_generate(continued, more, f"{request_id}-duet", *args, **kwargs)
+
         stream = engine_generate(prompt, params, request_id, *args, **kwargs)
-        async for output in monitored_stream(stream, request):
+        async for output in monitored_stream(stream, request, resume if runs_lean else None):
             yield output
 
     return generate

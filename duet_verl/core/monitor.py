@@ -26,6 +26,8 @@ A server need not call :meth:`StopAbortMonitor.on_token` for every token: before
 :meth:`~StopAbortMonitor.skip` up to :attr:`~StopAbortMonitor.quiet_until` tokens and hand the skipped tokens' text
 over with the token that is checked (:attr:`~StopAbortMonitor.text_due`); text is read only at checks, so after a
 marker (phase B) no text is needed at all. The decisions are the same as with every token fed one by one.
+Log-probs are read only in phase B and by a probe (:attr:`~StopAbortMonitor.reads_signal`): a token fed before that
+may carry an empty ``top_logprobs``.
 
 Markers are recognised wherever they appear in the response, not only in a trailing window, and the
 recorded ``marker_at`` is the check at which the marker was first noticed (granularity ``check_every``).
@@ -215,7 +217,8 @@ class StopAbortMonitor:
             self._mode = _FREE
 
     def on_token(self, text: str, top_logprobs: Sequence[float]) -> Action:
-        """Advance by one generated token. ``top_logprobs`` are in descending order (at least one)."""
+        """Advance by one generated token. ``top_logprobs`` are in descending order (at least one while
+        :attr:`reads_signal`; may be empty otherwise)."""
         self._t += 1
         if self._t <= self._probe_until and self._probe_token(top_logprobs):
             return Action.ABORT
@@ -267,6 +270,12 @@ class StopAbortMonitor:
         if count < 0 or t > self.quiet_until:
             raise ValueError(f"cannot skip {count} tokens at {self._t}: the monitor reads token {self.quiet_until + 1}")
         self._t = t
+
+    @property
+    def reads_signal(self) -> bool:
+        """Whether the next token fed must carry its top-k log-probs (the rule is armed after a marker, or ARRoL's
+        probe is reading); before a marker only text is read, so a server may run without log-probs until then."""
+        return self._mode == _ARMED or self._t < self._probe_until
 
     @property
     def idle(self) -> bool:

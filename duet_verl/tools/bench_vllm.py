@@ -9,15 +9,23 @@ five variants, interleaved round by round so drift hits all of them alike:
 * ``logprobs2_flat``: top-2 log-probs exactly as DUET's wrapper asks for them (flat lists, no detokenization), no
   monitor: vLLM's own cost of DUET's signal, so ``duet`` ÷ ``logprobs2_flat`` is what the monitored path adds (the
   monitor's own time, ``server_monitor_ns_per_token``, and the wrapper's stream handling around it);
-* ``duet``: DUET's rule checking for a marker every 8 tokens and never firing (every request runs to its cap);
+* ``duet``: DUET's rule checking for a marker every 8 tokens and never firing (every request runs to its cap, lean:
+  without the top-k log-probs, which the rule reads only after a marker);
+* ``duet_marker``: a marker at the first check (any character counts) and a threshold never reached, so each request is
+  continued from its first 8 tokens reading top-2 log-probs up to its cap (the lean design's worst case: a second
+  request per rollout and log-probs on almost every token);
 * ``duet_firing``: DUET's rule firing (no answer marker, so every request is aborted at ``K2 + grace``).
 
-Throughput is generated tokens per second of wall-clock for the batch; each variant's median over ``--rounds``.
-The last line is one JSON object: ``vllm_plain_tok_s``, ``vllm_duet_tok_s``, ``vllm_throughput_ratio`` (DUET ÷
-plain), ``vllm_logprobs2_ratio`` (logprobs2 ÷ plain), ``vllm_logprobs2_flat_ratio``, ``vllm_firing_tok_s``,
-``server_monitor_ns_per_token`` (DUET's own time per monitored token inside the wrapper), ``vllm_firing_lengths``
-(shortest and longest returned firing rollout: equal when every abort is cut at its decision, with or without async
-scheduling; tokens the engine computed ahead and threw away are not counted), ``device``, ``model`` and the sizes.
+Throughput is generated tokens per second of wall-clock for the batch; each variant's median over ``--rounds``. The last
+line is one JSON object: ``vllm_plain_tok_s``, ``vllm_duet_tok_s``, ``vllm_throughput_ratio`` (DUET ÷ plain;
+``vllm_throughput_ratio_rounds`` has it per round), ``vllm_logprobs2_ratio`` (logprobs2 ÷ plain),
+``vllm_logprobs2_flat_ratio``, ``vllm_firing_tok_s``, ``vllm_duet_marker_tok_s`` and ``vllm_duet_marker_ratio`` (÷
+plain), ``vllm_segments`` (engine requests per rollout of each DUET variant: 1 lean, 2 continued),
+``server_monitor_ns_per_token`` (DUET's own time per monitored token inside the wrapper, over ``duet`` and
+``duet_firing``; ``server_monitor_ns_per_token_by_variant`` per variant), ``vllm_duet_marker_lengths`` and
+``vllm_firing_lengths`` (shortest and longest returned rollout; the firing ones are equal when every abort is cut at its
+decision, with or without async scheduling; tokens the engine computed ahead and threw away are not counted),
+``device``, ``model`` and the sizes.
 ``in_engine_signal_us_per_step`` and ``in_engine_signal_ns_per_token`` price the in-engine design (DUET's confidence
 signal for one decode step of the batch from its logits over a Qwen3-sized vocabulary, vectorised, as a logits
 processor would compute it) on the same device, for comparison with ``server_monitor_ns_per_token``.
@@ -40,7 +48,7 @@ from duet_verl.core.protocol import RolloutStopRule
 
 __all__ = ["VllmBenchConfig", "run_vllm_bench"]
 
-VARIANTS = ("plain", "logprobs2", "logprobs2_flat", "duet", "duet_firing")
+VARIANTS = ("plain", "logprobs2", "logprobs2_flat", "duet", "duet_marker", "duet_firing")
 QWEN3_VOCAB = 151_936  # the vocabulary a logits processor would scan on a real Qwen3 model
 
 
@@ -75,12 +83,16 @@ class VllmBenchConfig:
     async_scheduling: bool | None = None
 
 
-def _rule(eos_token_id: int, max_tokens: int, firing: bool) -> Any:
-    """A monitored request: checking for a marker every 8 tokens over the whole rollout and never deciding (no marker
-    before K2 + grace, which lies beyond the cap), or aborting marker-less rollouts at K2 + grace."""
+def _rule(eos_token_id: int, max_tokens: int, variant: str) -> Any:
+    """A monitored request of ``variant``: checking for a marker every 8 tokens over the whole rollout and never
+    deciding (no marker before K2 + grace, which lies beyond the cap), seeing a marker at the first check and reading
+    log-probs from there on without ever being confident enough to stop, or aborting marker-less rollouts at
+    K2 + grace."""
     from duet_verl.adapters.stream_monitor import MonitoredRequest
 
+    firing = variant == "duet_firing"
     k2 = max_tokens // 2 if firing else max_tokens
+    any_text = MarkerSpec(domains=(), regexes=(r"[\s\S]",))
     config = StopRuleConfig(
         k1=max_tokens // 4 if firing else 8,
         k2=k2,
@@ -92,7 +104,7 @@ def _rule(eos_token_id: int, max_tokens: int, firing: bool) -> Any:
         hysteresis=5,
         eps_len=0.0,
         eps_abort=1e-12,
-        markers=MarkerSpec(domains=("math",)),
+        markers=any_text if variant == "duet_marker" else MarkerSpec(domains=("math",)),
     )
     return MonitoredRequest(RolloutStopRule(config, eos_token_id, 2))
 
@@ -187,20 +199,23 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
     prompts = [[5 + (i * 7 + j) % 200 for j in range(cfg.prompt_tokens)] for i in range(cfg.requests)]
 
     firing_lengths: list[int] = []
+    marker_lengths: list[int] = []
+    segments: dict[str, list[int]] = {v: [] for v in VARIANTS if v.startswith("duet")}
 
     async def batch(variant: str) -> tuple[float, int, int]:
         """(seconds, generated tokens, monitor ns) of one batch of the variant."""
         params = {"logprobs2": logprobs2, "logprobs2_flat": logprobs2_flat}.get(variant, plain)
-        rules = [
-            _rule(eos, cfg.max_tokens, firing=variant == "duet_firing") if variant.startswith("duet") else None
-            for _ in prompts
-        ]
+        rules = [_rule(eos, cfg.max_tokens, variant) if variant.startswith("duet") else None for _ in prompts]
         start = time.perf_counter()
         done = await asyncio.gather(*(harness.one(p, params, r) for p, r in zip(prompts, rules, strict=True)))
         seconds = time.perf_counter() - start
         lengths = [len(final.outputs[0].token_ids) for final, _ in done]
         if variant == "duet_firing":
             firing_lengths.extend(lengths)
+        if variant == "duet_marker":
+            marker_lengths.extend(lengths)
+        if variant in segments:
+            segments[variant].extend(r.segments for r in rules)
         tokens = sum(lengths)
         return seconds, tokens, sum(r.monitor_ns for r in rules if r is not None)
 
@@ -214,18 +229,27 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
     if harness.unfinished():
         raise RuntimeError(f"{harness.unfinished()} requests were left unfinished in the engine")
     tok_s = {v: statistics.median(t / s for s, t, _ in runs[v]) for v in VARIANTS}
+    paired = (runs["duet"], runs["plain"])  # the same round's batches, run back to back
     monitored = [(ns, t) for v in ("duet", "duet_firing") for _, t, ns in runs[v]]
     return {
         "vllm_plain_tok_s": round(tok_s["plain"], 1),
         "vllm_logprobs2_tok_s": round(tok_s["logprobs2"], 1),
         "vllm_logprobs2_flat_tok_s": round(tok_s["logprobs2_flat"], 1),
         "vllm_duet_tok_s": round(tok_s["duet"], 1),
+        "vllm_duet_marker_tok_s": round(tok_s["duet_marker"], 1),
         "vllm_firing_tok_s": round(tok_s["duet_firing"], 1),
         "vllm_throughput_ratio": round(tok_s["duet"] / tok_s["plain"], 4),
+        "vllm_throughput_ratio_rounds": [round(d[1] / d[0] / (p[1] / p[0]), 3) for d, p in zip(*paired, strict=True)],
+        "vllm_duet_marker_ratio": round(tok_s["duet_marker"] / tok_s["plain"], 4),
         "vllm_logprobs2_ratio": round(tok_s["logprobs2"] / tok_s["plain"], 4),
         "vllm_logprobs2_flat_ratio": round(tok_s["logprobs2_flat"] / tok_s["plain"], 4),
         "server_monitor_ns_per_token": round(sum(ns for ns, _ in monitored) / max(sum(t for _, t in monitored), 1), 1),
+        "server_monitor_ns_per_token_by_variant": {
+            v: round(sum(ns for _, _, ns in runs[v]) / max(sum(t for _, t, _ in runs[v]), 1), 1) for v in segments
+        },
         "vllm_firing_lengths": [min(firing_lengths), max(firing_lengths)],
+        "vllm_duet_marker_lengths": [min(marker_lengths), max(marker_lengths)],
+        "vllm_segments": {v: round(statistics.mean(n), 3) for v, n in segments.items()},
         "requests": cfg.requests,
         "max_tokens": cfg.max_tokens,
         "rounds": cfg.rounds,

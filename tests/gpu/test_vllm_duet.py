@@ -24,6 +24,7 @@ from vllm_checks import (  # noqa: E402
     build_model,
     check_abort_returns_partial_tokens,
     check_arrol_probe_prunes_in_the_engine,
+    check_lean_requests_decide_as_reading_logprobs_throughout,
     check_own_decoding_decides_as_vllms_detokenizer,
     check_plain_requests_pass_through,
     check_stop_after_a_real_boxed_answer,
@@ -76,3 +77,8 @@ def test_own_decoding_decides_as_vllms_detokenizer(harness):
 def test_arrol_probe_prunes_in_the_engine(harness):
     engine, tokenizer = harness
     check_arrol_probe_prunes_in_the_engine(engine, tokenizer)
+
+
+def test_lean_requests_decide_as_reading_logprobs_throughout(harness):
+    engine, tokenizer = harness  # float16: a continuation's prefill and a decode step round differently
+    check_lean_requests_decide_as_reading_logprobs_throughout(engine, tokenizer, logprob_tolerance=2e-2)

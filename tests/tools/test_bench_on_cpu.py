@@ -29,12 +29,19 @@ def test_bench_with_vllm_prints_every_key_last():
         assert result[key] > 0, key
     plain = result["vllm_plain_tok_s"]
     assert result["vllm_throughput_ratio"] == pytest.approx(result["vllm_duet_tok_s"] / plain, 1e-3)
+    assert len(result["vllm_throughput_ratio_rounds"]) == 1 and result["vllm_throughput_ratio_rounds"][0] > 0
     assert result["vllm_logprobs2_ratio"] == pytest.approx(result["vllm_logprobs2_tok_s"] / plain, 1e-3)
     assert result["vllm_logprobs2_flat_ratio"] == pytest.approx(result["vllm_logprobs2_flat_tok_s"] / plain, 1e-3)
     assert result["vllm_firing_tok_s"] > 0
     assert result["server_monitor_ns_per_token"] > 0  # the monitor ran on every DUET request
+    assert set(result["server_monitor_ns_per_token_by_variant"]) == {"duet", "duet_marker", "duet_firing"}
     low, high = result["vllm_firing_lengths"]
     assert low == high == 48 // 2 + 8  # every firing rollout is cut at its decision, K2 + grace, none at the cap
+    # the never-firing rollouts ran lean in one engine request each; those with a marker were continued once from
+    # their first check and still returned exactly their cap
+    assert result["vllm_segments"] == {"duet": 1.0, "duet_marker": 2.0, "duet_firing": 1.0}
+    assert result["vllm_duet_marker_lengths"] == [48, 48]
+    assert result["vllm_duet_marker_ratio"] == pytest.approx(result["vllm_duet_marker_tok_s"] / plain, 1e-3)
     assert result["in_engine_signal_us_per_step"] > 0 and result["in_engine_signal_ns_per_token"] > 0
     assert result["vllm_async_scheduling"] is False  # asked for, but vLLM's CPU platform turns it off
 

@@ -9,6 +9,7 @@ from vllm_checks import (
     build_model,
     check_abort_returns_partial_tokens,
     check_arrol_probe_prunes_in_the_engine,
+    check_lean_requests_decide_as_reading_logprobs_throughout,
     check_own_decoding_decides_as_vllms_detokenizer,
     check_plain_requests_pass_through,
     check_seeded_samples_repeat_in_any_batch,
@@ -76,3 +77,8 @@ def test_seeded_samples_repeat_in_any_batch(harness):
 def test_arrol_probe_prunes_in_the_engine(harness):
     engine, tokenizer = harness
     check_arrol_probe_prunes_in_the_engine(engine, tokenizer)
+
+
+def test_lean_requests_decide_as_reading_logprobs_throughout(harness):
+    engine, tokenizer = harness
+    check_lean_requests_decide_as_reading_logprobs_throughout(engine, tokenizer)
