@@ -52,9 +52,10 @@ class Params:
     logprobs: int | None = None
     detokenize: bool = False
     max_tokens: int = 1000
+    seed: int | None = None
 
     def clone(self) -> Params:
-        return Params(self.logprobs, self.detokenize, self.max_tokens)
+        return Params(self.logprobs, self.detokenize, self.max_tokens, self.seed)
 
 
 @dataclass
@@ -62,7 +63,9 @@ class ScriptedEngine:
     """Streams a fixed script of ``(token_id, text, (top-1 log-prob, top-2 log-prob))`` as cumulative outputs,
     ``per_output`` tokens at a time; closing the stream aborts (or fails to, with ``fail_close``). With ``flat``,
     log-probs come in vLLM's own ``FlatLogprobs`` (the sampled token, then ranks 1 and 2), as with
-    ``SamplingParams.flat_logprobs``."""
+    ``SamplingParams.flat_logprobs``; with ``logprobs=0`` only the sampled token's entry (``None``: no log-probs). A
+    ``generate`` whose prompt extends the first call's by ``n`` tokens continues the script from position ``n`` (what a
+    deterministic engine does); ``calls`` keeps each call's ``(prompt, params)``."""
 
     script: list
     per_output: int = 1
@@ -73,10 +76,17 @@ class ScriptedEngine:
     closed: bool = False
     produced: int = 0
     received: Any = None
+    calls: list = field(default_factory=list)
 
     def generate(self, prompt, params, request_id):
         engine = self
         engine.received = params
+        engine.calls.append((prompt, params))
+        ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else prompt
+        first = engine.calls[0][0]
+        first_ids = first.get("prompt_token_ids") if isinstance(first, dict) else first
+        engine.produced, engine.closed = len(ids) - len(first_ids), False
+        top = params.logprobs  # None: no log-probs; 0: the sampled token's; more: the sampled token's and the top 2
 
         class Stream:
             def __init__(self):
@@ -101,13 +111,19 @@ class ScriptedEngine:
                     engine.produced += 1
                     self.ids.append(tid)
                     shown = text if engine.decoded else None
-                    if engine.flat:
+                    if top is None:
+                        pass
+                    elif engine.flat and top == 0:
+                        self.lps.append_fast([tid], [a], iter([1]), [shown])
+                    elif engine.flat:
                         self.lps.append_fast([tid, tid, 100_000 + tid], [a, a, b], iter([1, 1, 2]), [shown, shown, "?"])
+                    elif top == 0:
+                        self.lps.append({tid: Logprob(a, 1, shown)})
                     else:
                         self.lps.append({tid: Logprob(a, 1, shown), 100_000 + tid: Logprob(b, 2, "?")})
                 finished = engine.produced >= len(engine.script)
                 reason = engine.finish_reason if finished else None
-                logprobs = self.lps if engine.flat else list(self.lps)  # vLLM hands out its flat container itself
+                logprobs = None if top is None else self.lps if engine.flat else list(self.lps)  # flat: vLLM's own
                 completion = CompletionOutput(0, "", list(self.ids), logprobs, reason)
                 return RequestOutput(request_id, [completion], finished)
 
@@ -150,7 +166,8 @@ class ScriptedServer:
 
         async def plain():
             final = None
-            stream = monitored_generate(engine.generate)(prompt_ids, Params(max_tokens=self.max_tokens), request_id)
+            params = Params(logprobs=0, max_tokens=self.max_tokens)  # verl asks for the sampled tokens' log-probs
+            stream = monitored_generate(engine.generate)(prompt_ids, params, request_id)
             async for final in stream:
                 pass
             completion = final.outputs[0]

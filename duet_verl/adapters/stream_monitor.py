@@ -290,7 +290,11 @@ class MonitoredRequest:
         if record.ended_at is None:
             record.length = self.monitor.tokens_seen
         return RolloutReport.from_record(
-            record, synthetic_eos=self.synthetic_eos, abort_failed=self.abort_failed, monitor_ns=self.monitor_ns
+            record,
+            synthetic_eos=self.synthetic_eos,
+            abort_failed=self.abort_failed,
+            monitor_ns=self.monitor_ns,
+            segments=self.segments,
         )
 
 

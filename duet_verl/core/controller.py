@@ -278,6 +278,7 @@ class DuetController:
         if monitored:
             metrics["duet/monitor_ns_per_token"] = sum(r.monitor_ns for r in monitored) / max(lengths.sum(), 1.0)
             metrics["duet/abort_failed"] = float(sum(r.abort_failed for r in monitored))
+            metrics["duet/rate_continued"] = float(np.mean([r.segments > 1 for r in monitored]))
         self._advantage_metrics = {}
         return metrics
 

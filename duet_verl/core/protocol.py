@@ -121,6 +121,7 @@ class RolloutReport:
     synthetic_eos: bool = False  # an end-of-turn token was appended (its position has no log-prob)
     abort_failed: bool = False  # the engine did not carry out a stop/abort; the rollout ran to its end
     monitor_ns: int = 0  # time spent in the monitor
+    segments: int = 1  # engine requests the rollout took (2: it ran lean and was continued after its marker)
     monitored: bool = True
     probe_features: list[float] | None = None  # ARRoL: what the probe read at its detection length
     probe_score: float | None = None  # ARRoL: the quality head's success probability there

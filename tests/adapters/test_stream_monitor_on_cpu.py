@@ -354,3 +354,69 @@ def test_span_decoder_hands_out_a_lone_replacement_character_after_a_few_tokens(
     assert decoder.text(ids, 3) == "ab"  # "\xff" may still become a character: held back
     assert decoder.text(ids, 7) == "\ufffdcd"  # it did not: handed out; the cut "中" stays held
     assert decoder.text(ids + [0xAD], 8) == "中"
+
+
+def lean_run(tokenizer, script, lean: bool, per_output: int = 1, fail_close: bool = False, seed: int | None = None):
+    """One request with a marker rule through the wrapper holding the tokenizer (lean where it can) or forced to read
+    log-probs throughout: (engine, final output, monitored request)."""
+    engine = ScriptedEngine(script, per_output=per_output, fail_close=fail_close)
+    request = monitored(k1=4, k2=40, min_tokens=2, grace=4, check_every=4, hysteresis=3)
+
+    async def produce():
+        generate = monitored_generate(engine.generate, tokenizer, lean=lean)
+        params = Params(logprobs=0, max_tokens=100, seed=seed)  # verl's: the sampled tokens' log-probs
+        stream = generate({"prompt_token_ids": [1, 2]}, params, "r")
+        return Collected([o async for o in stream], {})
+
+    outputs = asyncio.run(with_monitor(request, produce())).outputs
+    return engine, outputs[-1], request
+
+
+@pytest.mark.parametrize("per_output", [1, 3])
+def test_a_lean_request_is_continued_at_its_marker_check_and_decides_as_reading_throughout(tiny_assets, per_output):
+    """Without top-k log-probs until the marker check, then a continuation from the prompt plus the kept tokens with
+    top-2: the same tokens, log-probs and report as the request reading top-2 from its first token."""
+    from scripted_engine import text_script
+
+    tokenizer = tiny_assets[1]
+    script = text_script(tokenizer, ("x" * 5, UNSURE), ("\\boxed{7}", UNSURE), ("y" * 20, SURE), eos=True)
+    engine, final, request = lean_run(tokenizer, script, lean=True, per_output=per_output)
+    reading_engine, expected, reading = lean_run(tokenizer, script, lean=False, per_output=per_output)
+    report = request.report()
+    assert report.outcome == "stopped_after_marker" and report.synthetic_eos
+    server = {"monitor_ns": 0, "segments": 0}  # what differs by design: the time and the engine requests
+    assert report.to_dict() | server == reading.report().to_dict() | server and report.segments == 2
+    assert final.outputs[0].token_ids == expected.outputs[0].token_ids
+    lps = [[(t, e.logprob) for t, e in p.items()] for p in final.outputs[0].logprobs]
+    assert lps == [[(t, e.logprob) for t, e in p.items()] for p in expected.outputs[0].logprobs]
+    # lean: the caller's log-probs (0) until the check that found the marker, then top-2 from prompt + kept tokens
+    (first, first_params), (second, second_params) = engine.calls
+    marker = report.marker_at
+    assert first_params.logprobs == 0 and second_params.logprobs == 2 and request.segments == 2
+    assert second["prompt_token_ids"] == [1, 2, *(t for t, _, _ in script[:marker])]
+    assert second_params.max_tokens == 100 - marker and request.offset == marker
+    assert [p.logprobs for _, p in reading_engine.calls] == [2] and reading.segments == 1
+
+
+def test_a_lean_request_that_cannot_be_continued_runs_to_its_end_and_records_it(tiny_assets):
+    """Closing the first segment at the marker fails: the rollout runs to its natural end uncut, with nothing more
+    decided, and ``abort_failed`` is recorded."""
+    from scripted_engine import text_script
+
+    tokenizer = tiny_assets[1]
+    script = text_script(tokenizer, ("x" * 5, UNSURE), ("\\boxed{7}", UNSURE), ("y" * 20, SURE), eos=True)
+    engine, final, request = lean_run(tokenizer, script, lean=True, fail_close=True)
+    report = request.report()
+    assert len(engine.calls) == 1 and final.finished and final.outputs[0].token_ids == [t for t, _, _ in script]
+    assert report.abort_failed and report.outcome == "natural_eos" and report.marker_at is not None
+
+
+def test_a_seeded_request_reads_logprobs_from_its_first_token(tiny_assets):
+    """A continuation would restart a seeded generator: a seeded request is never split."""
+    from scripted_engine import text_script
+
+    tokenizer = tiny_assets[1]
+    script = text_script(tokenizer, ("x" * 5, UNSURE), ("\\boxed{7}", UNSURE), ("y" * 20, SURE), eos=True)
+    engine, _, request = lean_run(tokenizer, script, lean=True, seed=7)
+    assert [p.logprobs for _, p in engine.calls] == [2] and request.segments == 1
+    assert request.report().outcome == "stopped_after_marker"

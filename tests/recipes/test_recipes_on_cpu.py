@@ -16,7 +16,9 @@ FAMILIES = {
     "llama3p2_3b": ("meta-llama/Llama-3.2-3B-Instruct", 2),
 }  # recipe -> (model, Megatron tensor-parallel size)
 METHODS = ("duet", "grpo", "dapo")
-BASELINE_POLICIES = ("uniform", "greso", "vip", "arrol")  # duet.policy: the same overrides in every family
+# duet.policy: the same overrides in every family; uniform, greso and vip share one branch of common.sh (greso stands
+# for the three), arrol has its own
+BASELINE_POLICIES = ("greso", "arrol")
 ENGINES = ("fsdp", "megatron")
 BUDGETS = ("1.0", "0.5", "0.25")
 VAL_SETS = ("math500", "aime2024", "gsm8k", "humaneval", "gpqa_diamond")
