@@ -10,8 +10,8 @@ How it hooks in, without copying verl's ``generate``:
   :mod:`duet_verl.adapters.stream_monitor`), calls verl's ``generate`` and attaches the monitor's record to
   ``TokenOutput.extra_fields["duet"]``.
 * ``run_server`` wraps the engine's ``generate`` (an ``AsyncLLM`` instance attribute) so that requests with
-  a monitor ask vLLM for flat top-k log-probs (no detokenization: the monitor decodes the sampled tokens with the
-  engine's tokenizer) and stream through
+  a monitor run lean (no top-k log-probs until an answer marker arms the rule, then a continuation that reads them;
+  no detokenization: the monitor decodes the sampled tokens with the engine's tokenizer) and stream through
   :func:`~duet_verl.adapters.stream_monitor.monitored_stream`, which ends them early through the engine (closing
   ``AsyncLLM.generate`` aborts the request by its internal id; verl's own ``abort_request`` looks requests up
   by the external id and does not work with vLLM 0.24).

@@ -67,7 +67,7 @@ def test_bad_config_is_refused_naming_the_key(override, key):
         check_config(config)
 
 
-@pytest.mark.parametrize(("override", "key"), [BAD_CONFIGS[0], BAD_CONFIGS[4], BAD_CONFIGS[16]])
+@pytest.mark.parametrize(("override", "key"), [BAD_CONFIGS[0]])  # every case runs in-process above; one for real
 def test_main_exits_non_zero_quickly_naming_the_key(override, key):
     out, seconds = run_main(*override.split(), "actor_rollout_ref.rollout.name=vllm")
     assert out.returncode == 2, (out.stdout[-1000:], out.stderr[-2000:])
@@ -76,7 +76,7 @@ def test_main_exits_non_zero_quickly_naming_the_key(override, key):
     assert "ray init" not in out.stdout.lower()
 
 
-@pytest.mark.parametrize("policy", ["greso"])  # every baseline composes in tests/recipes (METHOD=uniform|greso|vip)
+@pytest.mark.parametrize("policy", ["greso"])  # tests/recipes: greso and arrol (uniform, vip: greso's branch)
 def test_a_baseline_policy_composes_and_passes_the_checks(policy, monkeypatch):
     """A baseline needs neither DUET's agent loop nor its vLLM server: it runs no stop/abort monitor."""
     monkeypatch.setenv("DRY_RUN", "1")
