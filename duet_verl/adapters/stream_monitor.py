@@ -30,9 +30,10 @@ and a continuation (prompt + the segment's tokens, served from vLLM's prefix cac
 rule reads from there on; its outputs are stitched behind the segment, so the server sees one request. Tokens the
 engine had generated past the check are dropped unread and generated again, a fresh draw from the same distribution,
 so the decisions (rule, signals, rollout seeds) are those of one request reading log-probs throughout. Requests that
-cannot be continued exactly run with log-probs from the start: a sampling seed (the continuation would restart the
-seeded generator), stop strings, structured outputs, multi-modal prompts, ``n > 1``, presence or frequency penalties,
-or a probe.
+cannot be continued exactly run with log-probs from the start (:data:`UNSPLIT_IF_SET`, :data:`UNSPLIT_IF_NONZERO`:
+a sampling seed would restart, stop strings, bad words and penalties on output tokens would not see the head, ...;
+also multi-modal prompts, ``n > 1``, non-cumulative outputs and a probe). A segment the engine itself aborted (verl
+pausing generation) is returned as it is, never continued.
 
 A server hands a request's monitor to the engine wrapper through a :class:`contextvars.ContextVar`
 (:func:`with_monitor` / :func:`monitored_generate`), never through a table keyed by request id: verl's
@@ -230,6 +231,9 @@ class MonitoredRequest:
         for name in ("prompt_token_ids", "num_cached_tokens", "prompt", "request_id"):
             if hasattr(self._head_output, name):
                 setattr(final, name, getattr(self._head_output, name))
+        head_preempted = getattr(self._head_output.outputs[0], "num_preempted", None)
+        if head_preempted and getattr(completion, "num_preempted", None) is not None:
+            completion.num_preempted += head_preempted
         return final
 
     def finish(self, completion: Any) -> None:
@@ -311,6 +315,8 @@ async def monitored_stream(
         async for output in stream:
             last = output
             action = request.update(output.outputs[0])
+            if request.resume_at is not None and output.finished and output.outputs[0].finish_reason == "abort":
+                request.resume_at = None  # the engine ended the request (verl pausing generation): not continued
             if action is Action.CONTINUE and request.resume_at is None:
                 if output.finished:
                     output = request.whole(output)
@@ -321,6 +327,11 @@ async def monitored_stream(
                 continue
             break
         else:
+            if request.offset and last is not None:  # a continuation ended unfinished: its last output, stitched
+                final = request.whole(last)
+                final.finished = True
+                request.finish(final.outputs[0])
+                yield request.compact(final)
             return
         if not await _close(stream):  # the request runs on to its natural end, with nothing more decided
             final = request.whole(await _drain(stream, last))
@@ -420,11 +431,21 @@ def _prompt_ids(prompt: Any) -> list[int] | None:
     return list(prompt) if isinstance(prompt, list | tuple) else None
 
 
+# vLLM ``SamplingParams`` fields that make a split request differ from one request when set (not ``None``): a seeded
+# generator would restart; a grammar, a thinking budget or a repetition detector would restart on the continuation's
+# output; prompt log-probs would cover the head too
+UNSPLIT_IF_SET = ("seed", "structured_outputs", "thinking_token_budget", "repetition_detection", "prompt_logprobs")
+# ... and when non-empty or non-zero: stop strings need vLLM's detokenizer; bad words and the presence and frequency
+# penalties count output tokens only (the repetition penalty counts the prompt too, so it stays equivalent); other
+# ``extra_args`` (e.g. verl's ``kv_transfer_params``) may steer the engine per request
+UNSPLIT_IF_NONZERO = ("stop", "bad_words", "presence_penalty", "frequency_penalty", "extra_args", "logits_processors")
+
+
 def _lean_capable(prompt: Any, params: Any, request: MonitoredRequest) -> bool:
     """Whether a request can run without log-probs until its rule reads them and then be continued exactly: the
-    monitor decodes the text itself, no probe reads log-probs from the start, and nothing in the request restarts or
-    changes when it is split (a sampling seed, stop strings, structured outputs, multi-modal inputs, ``n > 1``, and
-    presence or frequency penalties, which count output tokens only; the repetition penalty counts the prompt too)."""
+    monitor decodes the text itself, no probe reads log-probs from the start, the prompt is plain token ids, and no
+    sampling setting restarts or changes when the request is split (:data:`UNSPLIT_IF_SET`,
+    :data:`UNSPLIT_IF_NONZERO`, ``n > 1``, outputs that are not cumulative)."""
     monitor = request.monitor
     return (
         request.decoder is not None
@@ -433,12 +454,10 @@ def _lean_capable(prompt: Any, params: Any, request: MonitoredRequest) -> bool:
         and isinstance(prompt, dict)
         and prompt.get("prompt_token_ids") is not None
         and not prompt.get("multi_modal_data")
-        and getattr(params, "seed", None) is None
-        and not getattr(params, "stop", None)
-        and getattr(params, "structured_outputs", None) is None
+        and all(getattr(params, name, None) is None for name in UNSPLIT_IF_SET)
+        and not any(getattr(params, name, None) for name in UNSPLIT_IF_NONZERO)
         and getattr(params, "n", 1) == 1
-        and not getattr(params, "presence_penalty", 0.0)  # these count output tokens only: the head would escape them
-        and not getattr(params, "frequency_penalty", 0.0)
+        and getattr(getattr(params, "output_kind", None), "name", "CUMULATIVE") == "CUMULATIVE"
     )
 
 

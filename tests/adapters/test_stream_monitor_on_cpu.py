@@ -420,3 +420,52 @@ def test_a_seeded_request_reads_logprobs_from_its_first_token(tiny_assets):
     engine, _, request = lean_run(tokenizer, script, lean=True, seed=7)
     assert [p.logprobs for _, p in engine.calls] == [2] and request.segments == 1
     assert request.report().outcome == "stopped_after_marker"
+
+
+def test_a_lean_segment_the_engine_aborted_is_returned_not_continued(tiny_assets):
+    """verl pausing generation aborts requests in the engine: a lean segment that comes back aborted, past its marker
+    check, is returned as the engine ended it (``engine_aborted``), with no continuation submitted."""
+    from scripted_engine import text_script
+
+    tokenizer = tiny_assets[1]
+    script = text_script(tokenizer, ("x" * 5, UNSURE), ("\\boxed{7}", UNSURE), ("y" * 6, SURE))
+    engine = ScriptedEngine(script, per_output=len(script), finish_reason="abort")
+    request = monitored(k1=4, k2=40, min_tokens=2, grace=4, check_every=4, hysteresis=3)
+
+    async def produce():
+        stream = monitored_generate(engine.generate, tokenizer)({"prompt_token_ids": [1, 2]}, Params(logprobs=0), "r")
+        return Collected([o async for o in stream], {})
+
+    final = asyncio.run(with_monitor(request, produce())).outputs[-1]
+    report = request.report()
+    assert len(engine.calls) == 1 and request.segments == 1 and final.outputs[0].token_ids == [t for t, _, _ in script]
+    assert report.outcome == "engine_aborted" and report.marker_at is not None and not report.abort_failed
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"seed": 0},
+        {"stop": ["\n\n"]},
+        {"bad_words": ["foo"]},
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 0.5},
+        {"prompt_logprobs": 0},
+        {"n": 2},
+        {"extra_args": {"kv_transfer_params": {}}},
+    ],
+    ids=lambda setting: next(iter(setting)),
+)
+def test_a_request_a_split_would_change_reads_logprobs_from_its_first_token(tiny_assets, setting):
+    """vLLM's own ``SamplingParams``: each setting a continuation would not reproduce keeps the request whole; the
+    same request without it runs lean (the control)."""
+    from vllm import SamplingParams
+
+    from duet_verl.adapters.stream_monitor import SpanDecoder, _lean_capable
+
+    tokenizer = tiny_assets[1]
+    request = monitored(k1=4, k2=40, min_tokens=2, grace=4, check_every=4, hysteresis=3)
+    request.decoder = SpanDecoder.of(tokenizer, [1, 2])
+    prompt = {"prompt_token_ids": [1, 2], "multi_modal_data": {}}
+    assert _lean_capable(prompt, SamplingParams(max_tokens=64, logprobs=0), request)
+    assert not _lean_capable(prompt, SamplingParams(max_tokens=64, logprobs=0, **setting), request)
