@@ -327,7 +327,7 @@ async def monitored_stream(
                 continue
             break
         else:
-            if request.offset and last is not None:  # a continuation ended unfinished: its last output, stitched
+            if request.offset and last is not None and not last.finished:  # a continuation ended unfinished
                 final = request.whole(last)
                 final.finished = True
                 request.finish(final.outputs[0])

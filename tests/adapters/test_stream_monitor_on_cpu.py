@@ -369,6 +369,7 @@ def lean_run(tokenizer, script, lean: bool, per_output: int = 1, fail_close: boo
         return Collected([o async for o in stream], {})
 
     outputs = asyncio.run(with_monitor(request, produce())).outputs
+    assert [o.finished for o in outputs].count(True) == 1 and outputs[-1].finished  # one final output, last
     return engine, outputs[-1], request
 
 
@@ -469,3 +470,17 @@ def test_a_request_a_split_would_change_reads_logprobs_from_its_first_token(tiny
     prompt = {"prompt_token_ids": [1, 2], "multi_modal_data": {}}
     assert _lean_capable(prompt, SamplingParams(max_tokens=64, logprobs=0), request)
     assert not _lean_capable(prompt, SamplingParams(max_tokens=64, logprobs=0, **setting), request)
+
+
+def test_a_continued_request_that_never_gets_confident_ends_naturally_once(tiny_assets):
+    """After the marker the tail stays unsure: the continuation runs to the end-of-turn token, and the server gets
+    one final output, the whole rollout, as when reading log-probs throughout."""
+    from scripted_engine import text_script
+
+    tokenizer = tiny_assets[1]
+    script = text_script(tokenizer, ("x" * 5, UNSURE), ("\\boxed{7}", UNSURE), ("y" * 9, UNSURE), eos=True)
+    engine, final, request = lean_run(tokenizer, script, lean=True, per_output=2)
+    _, expected, reading = lean_run(tokenizer, script, lean=False, per_output=2)
+    assert request.segments == 2 and request.report().outcome == "natural_eos" and not request.report().synthetic_eos
+    assert final.outputs[0].token_ids == expected.outputs[0].token_ids == [t for t, _, _ in script]
+    assert len(final.outputs[0].logprobs) == len(script)
