@@ -159,12 +159,10 @@ class MonitoredRequest:
                 self.resume_at = i
                 break
             text = self._text(completion, i + 1) if monitor.text_due else ""
-            if not signal:
-                pass
-            elif flat:
+            if signal and flat:
                 at = logprobs.start_indices[i - offset]
                 top = logprobs.logprobs[at + 1 : at + 1 + top_k]
-            else:
+            elif signal:
                 top = top_logprobs_of(logprobs[i - offset], top_k)
             action = monitor.on_token(text, top)
             i += 1
@@ -438,7 +436,7 @@ UNSPLIT_IF_SET = ("seed", "structured_outputs", "thinking_token_budget", "repeti
 # ... and when non-empty or non-zero: stop strings need vLLM's detokenizer; bad words and the presence and frequency
 # penalties count output tokens only (the repetition penalty counts the prompt too, so it stays equivalent); other
 # ``extra_args`` (e.g. verl's ``kv_transfer_params``) may steer the engine per request
-UNSPLIT_IF_NONZERO = ("stop", "bad_words", "presence_penalty", "frequency_penalty", "extra_args", "logits_processors")
+UNSPLIT_IF_NONZERO = ("stop", "bad_words", "presence_penalty", "frequency_penalty", "extra_args")
 
 
 def _lean_capable(prompt: Any, params: Any, request: MonitoredRequest) -> bool:
