@@ -17,8 +17,8 @@ returned finished and ``abort_failed`` is recorded.
 The monitor reads only what can change a decision: before a marker check it reads nothing (those tokens are skipped),
 at a check it reads the text of the tokens since the last check, after a marker only log-probs, and once it can decide
 nothing more (an ε-kept or length-explored rollout, a probe past its detection length) nothing at all. Where the
-server hands over its tokenizer (DUET's vLLM server does), the monitor decodes that text itself, one
-:class:`SpanDecoder` call per check, and the request goes to vLLM with ``detokenize=False``: vLLM then no longer
+server hands over its tokenizer (DUET's vLLM server does), the monitor decodes that text itself, once per check
+(:mod:`~duet_verl.adapters.token_text`), and the request goes to vLLM with ``detokenize=False``: vLLM then no longer
 decodes every sampled token and log-prob alternative in its front end, the larger part of what DUET's log-probs cost
 (measured with ``duet-verl bench --vllm``). Without a tokenizer (or with stop strings, which need vLLM's detokenizer)
 the engine's ``decoded_token`` is read instead. A rule without DUET's stop/abort (ARRoL's probe alone) reads no text.
@@ -49,13 +49,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from duet_verl.adapters.token_text import ByteSpanDecoder, SpanDecoder, TokenTexts
 from duet_verl.core.monitor import Action, Outcome, StopAbortMonitor
 from duet_verl.core.protocol import WIRE_KEY, RolloutReport, RolloutStopRule
 
 __all__ = [
     "ABORT_FINISH_REASON",
     "MonitoredRequest",
-    "SpanDecoder",
     "engine_ending",
     "monitored_generate",
     "monitored_stream",
@@ -69,6 +69,7 @@ logger = logging.getLogger(__name__)
 
 ABORT_FINISH_REASON = "duet_abort"
 _ENGINE_FINISH = {"length": Outcome.LENGTH_CAP, "abort": Outcome.ENGINE_ABORTED}
+_CONTINUE, _clock = Action.CONTINUE, time.perf_counter_ns  # bound once: the per-output path reads them
 
 # The monitor of the request the current task is generating (set by `with_monitor`, read by the engine wrapper).
 _CURRENT_REQUEST: contextvars.ContextVar[MonitoredRequest | None] = contextvars.ContextVar(
@@ -117,7 +118,7 @@ class MonitoredRequest:
         self.synthetic_eos = False
         self.abort_failed = False
         self.monitor_ns = 0
-        self.decoder: SpanDecoder | None = None  # set by the engine wrapper when the monitor decodes itself
+        self.decoder: ByteSpanDecoder | SpanDecoder | None = None  # set by the engine wrapper when it decodes itself
         self.has_signal = True  # the current segment carries the top-k log-probs (False: a lean first segment)
         self.resume_at: int | None = None  # tokens kept when a lean segment reached what needs log-probs
         self.offset = 0  # tokens of the first segment before the continuation's first token
@@ -125,54 +126,57 @@ class MonitoredRequest:
         self._head_ids: list[int] = []  # the first segment's kept tokens and their sampled log-prob entries
         self._head_logprobs: list[dict[int, Any]] | None = None
         self._head_output: Any = None
-        self._quiet = 0  # token count up to which the monitor reads nothing (cached after each update)
+        self._quiet = self.monitor.quiet_until  # token count up to which the monitor reads nothing (kept updated)
         self._text_end = 0  # tokens whose text was handed to the monitor
+        self._top_source: Any = None  # the log-prob container _top_of reads (one per engine request)
+        self._top_of: Callable[[int], Any] | None = None
 
     def update(self, completion: Any) -> Action:
         """Feed the tokens of ``completion`` (cumulative) not seen yet; returns the first non-continue action.
 
         Tokens the monitor does not read (:attr:`StopAbortMonitor.quiet_until`: before a marker check, after it went
         idle) are skipped, and text is decoded only for the tokens checked for markers, one span at a time."""
-        if self.decision is not Action.CONTINUE:
+        if self.decision is not _CONTINUE:
             return self.decision
-        start = time.perf_counter_ns()
-        token_ids, offset = completion.token_ids, self.offset
-        count = offset + len(token_ids)
+        start = _clock()
+        count = self.offset + len(completion.token_ids)
         if count <= self._quiet:  # nothing to read in this output (the monitor catches up later): kept cheap
             self.seen = count
-            self.monitor_ns += time.perf_counter_ns() - start
-            return self.decision
-        monitor, i = self.monitor, self._sync()
-        logprobs, signal = completion.logprobs, self.has_signal
-        if signal and logprobs is None:
-            raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
-        top_k, flat = self.top_k, hasattr(logprobs, "start_indices")  # flat: [sampled, rank 1, …, rank k] per position
-        top: Any = ()
-        while i < count:
-            quiet = monitor.quiet_until
-            if quiet > i:
-                step = min(quiet, count) - i
-                monitor.skip(step)
-                i += step
-                continue
-            if not signal and monitor.reads_signal:  # a lean segment reached what it cannot read: continue it
-                self.resume_at = i
-                break
-            text = self._text(completion, i + 1) if monitor.text_due else ""
-            if signal and flat:
-                at = logprobs.start_indices[i - offset]
-                top = logprobs.logprobs[at + 1 : at + 1 + top_k]
-            elif signal:
-                top = top_logprobs_of(logprobs[i - offset], top_k)
-            action = monitor.on_token(text, top)
-            i += 1
-            if action is not Action.CONTINUE:
-                self.decision, self.decided_at = action, i
-                break
-        self.seen = i
+            self.monitor_ns += _clock() - start
+            return _CONTINUE
+        monitor, logprobs = self.monitor, completion.logprobs
+        lag = self.seen - monitor.tokens_seen  # tokens the cheap path passed without the monitor
+        if lag > 0:
+            monitor.skip(lag)
+        top_of = None
+        if self.has_signal:
+            if logprobs is None:
+                raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
+            if logprobs is not self._top_source:  # vLLM grows one log-prob container per request: read it alike
+                self._top_source, self._top_of = logprobs, self._top_reader(logprobs)
+            top_of = self._top_of
+        action = monitor.advance(count, lambda end: self._text(completion, end), top_of)
+        self.seen = monitor.tokens_seen
+        if action is not _CONTINUE:
+            self.decision, self.decided_at = action, self.seen
+        elif self.seen < count:  # a lean segment reached what it cannot read: continue it from here
+            self.resume_at = self.seen
         self._quiet = monitor.quiet_until
-        self.monitor_ns += time.perf_counter_ns() - start
-        return self.decision
+        self.monitor_ns += _clock() - start
+        return action
+
+    def _top_reader(self, logprobs: Any) -> Callable[[int], Any]:
+        """Token ``i``'s top-k log-probs (``i`` counts from the first segment's first token) from this segment's
+        log-probs: vLLM's flat lists (``[sampled, rank 1, …, rank k]`` per position) or per-position dicts."""
+        offset, top_k = self.offset, self.top_k
+        if not hasattr(logprobs, "start_indices"):
+            return lambda i: top_logprobs_of(logprobs[i - offset], top_k)
+
+        def top_of(i: int) -> Any:
+            at = logprobs.start_indices[i - offset] + 1
+            return logprobs.logprobs[at : at + top_k]
+
+        return top_of
 
     def _sync(self) -> int:
         """Advance the monitor over the tokens the cheap path passed without it; returns the tokens seen."""
@@ -183,7 +187,7 @@ class MonitoredRequest:
 
     def _text(self, completion: Any, end: int) -> str:
         """The text the tokens from the last text handed over up to ``end`` add: decoded by the monitor's own
-        :class:`SpanDecoder`, else joined from the engine's per-token ``decoded_token``."""
+        decoder (:mod:`~duet_verl.adapters.token_text`), else joined from the engine's per-token ``decoded_token``."""
         begin, self._text_end = self._text_end, end
         if self.decoder is not None:
             return self.decoder.text(completion.token_ids, end)
@@ -209,7 +213,7 @@ class MonitoredRequest:
         if completion.logprobs is not None:  # the caller asked for log-probs: keep the sampled tokens' entries
             self._head_logprobs = sampled_logprobs(completion.logprobs, self._head_ids)
         self._head_output = output
-        self.offset, self.resume_at, self.has_signal = keep, None, True
+        self.offset, self.resume_at, self.has_signal, self._top_source = keep, None, True, None
         self.segments += 1
         return self._head_ids
 
@@ -378,51 +382,6 @@ def split_duet_rule(sampling_params: dict[str, Any]) -> tuple[dict[str, Any], Mo
     return params, MonitoredRequest(RolloutStopRule.from_dict(rule))
 
 
-class SpanDecoder:
-    """The text a span of sampled tokens adds, from a Hugging Face fast tokenizer's Rust backend, one decode call per
-    span (special tokens skipped, as vLLM does). Each span is decoded after the previous one and its text is the
-    difference of the two, as vLLM's incremental detokenizer does, so tokenizers that drop a leading space decode as
-    in one piece; a span whose text ends in an incomplete character gives ``""`` and the character comes with the
-    next span (the span's other tokens are handed out). The prompt's last tokens are the first span's context."""
-
-    CONTEXT = 8  # prompt tokens kept as the first span's left context
-    HOLD = 4  # at most this many trailing tokens are held back for an incomplete character
-
-    def __init__(self, backend: Any, prompt_ids: list[int] | None):
-        self._backend = backend
-        self._ids = list(prompt_ids or [])[-self.CONTEXT :]  # context, then the response tokens not yet dropped
-        self._response_at = len(self._ids)  # index of response token 0 in _ids (negative once dropped)
-        self._prefix, self._read = 0, len(self._ids)  # the last span handed out is _ids[_prefix:_read]
-
-    @classmethod
-    def of(cls, tokenizer: Any, prompt_ids: list[int] | None) -> SpanDecoder | None:
-        """A decoder for ``tokenizer``, or ``None`` for a tokenizer without a fast backend (vLLM then decodes)."""
-        backend = getattr(tokenizer, "_tokenizer", None)
-        return None if backend is None else cls(backend, prompt_ids)
-
-    def text(self, token_ids: Any, end: int) -> str:
-        """The text of response tokens from the end of the last span handed out up to ``end``."""
-        have = len(self._ids) - self._response_at
-        self._ids.extend(token_ids[have:end])
-        decode = self._backend.decode
-        before = decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
-        stop = len(self._ids)
-        after = decode(self._ids[self._prefix : stop], skip_special_tokens=True)
-        # an incomplete character at the end: hand out the text before it, keep its tokens for the next span (a
-        # replacement character the model really wrote is handed out once HOLD tokens did not complete it)
-        while after.endswith("\ufffd") and stop > max(self._read + 1, len(self._ids) - self.HOLD):
-            stop -= 1
-            after = decode(self._ids[self._prefix : stop], skip_special_tokens=True)
-        if len(after) <= len(before) or (after.endswith("\ufffd") and stop > len(self._ids) - self.HOLD):
-            return ""
-        self._prefix, self._read = self._read, stop
-        del self._ids[: self._prefix]  # only the last span is context from now on
-        self._response_at -= self._prefix
-        self._read -= self._prefix
-        self._prefix = 0
-        return after[len(before) :]
-
-
 def _prompt_ids(prompt: Any) -> list[int] | None:
     if isinstance(prompt, dict):
         return prompt.get("prompt_token_ids")
@@ -477,6 +436,7 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], token
     tokens itself, vLLM detokenizes nothing, and the request runs lean where it can (module docstring); otherwise it
     asks for the rule's top-k log-probs from the start (always, with ``lean=False``). Other requests pass straight
     through."""
+    texts = TokenTexts(tokenizer)
 
     async def generate(prompt, sampling_params, request_id, *args, **kwargs):
         request = _CURRENT_REQUEST.get()
@@ -486,7 +446,7 @@ def monitored_generate(engine_generate: Callable[..., AsyncIterator[Any]], token
             return
         params = sampling_params.clone()
         plain = getattr(params, "stop", None) or not request.needs_text  # vLLM decodes / nobody needs text
-        decoder = None if plain else SpanDecoder.of(tokenizer, _prompt_ids(prompt))
+        decoder = None if plain else texts.decoder(_prompt_ids(prompt))
         request.decoder = decoder
         if hasattr(params, "detokenize"):
             params.detokenize = bool(getattr(params, "stop", None)) or (decoder is None and request.needs_text)

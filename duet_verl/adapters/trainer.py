@@ -34,7 +34,7 @@ from verl.workers.utils.padding import response_to_nested
 from duet_verl.adapters.compat import checkpoint_folder, set_replay_poll_interval
 from duet_verl.adapters.config_check import duet_settings_from_config
 from duet_verl.adapters.estimator import DUET_ESTIMATOR
-from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING, DuetController, StepObservation
+from duet_verl.core.controller import IO_TIMING, PLAN_TIMING, UPDATE_TIMING, DuetController, StepObservation
 from duet_verl.core.monitor import DROPPED_OUTCOMES
 from duet_verl.core.protocol import RULE_COLUMN, WIRE_KEY, PromptStopRule, RolloutReport
 from duet_verl.verifiers.registry import marker_domains_for
@@ -202,12 +202,15 @@ class DuetPPOTrainerSync(PPOTrainerSync):
         return self._duet_advantage(batch, metrics)
 
     def _duet_advantage(self, batch, metrics: dict):
-        """DUET's advantage of a step, in four steps (timed, with the plan, as DUET's overhead of the step)."""
+        """DUET's advantage of a step, in four steps, timed: the TransferQueue reads and writes (``timing_s/duet_io``,
+        the data movement verl's own advantage stage does too) apart from DUET's own work (``timing_s/duet_update``;
+        with ``timing_s/duet_plan``, DUET's overhead of the step)."""
         if self.config.algorithm.use_kl_in_reward:
             raise ValueError("duet_grpo does not support algorithm.use_kl_in_reward; use the KL loss instead")
         start = time.perf_counter()
         # 1. read the step's rollouts (and the server's report of each) from TransferQueue
         step = _StepRollouts.read(batch)
+        io_seconds = time.perf_counter() - start
         mask, padding = step.padded("response_mask"), step.padding
         # 2. the weighted GRPO advantage on verl's unmasked sequence scores; aborted rows leave the loss
         out = self.duet.advantage(
@@ -227,7 +230,9 @@ class DuetPPOTrainerSync(PPOTrainerSync):
             loss_mask = step.padded(name) if name in step.data.keys() else mask
             fields[name] = loss_mask * in_loss.unsqueeze(-1).to(loss_mask.dtype)
         fields = {name: response_to_nested(value, nested) for name, value in fields.items()}
+        put_start = time.perf_counter()
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(fields, len(batch)))
+        io_seconds += time.perf_counter() - put_start
         # 4. teach the surrogate and the gates; the controller reports every duet/* metric
         real = ~padding
         mismatch = (out.scores - sequence_scores(step.data["rm_scores"])).abs() > 1e-6
@@ -245,7 +250,8 @@ class DuetPPOTrainerSync(PPOTrainerSync):
                 )
             )
         )
-        metrics[PLAN_TIMING], metrics[UPDATE_TIMING] = self._plan_seconds, time.perf_counter() - start
+        metrics[PLAN_TIMING], metrics[IO_TIMING] = self._plan_seconds, io_seconds
+        metrics[UPDATE_TIMING] = time.perf_counter() - start - io_seconds
         return batch
 
     # -- checkpointing -------------------------------------------------------------------------

@@ -28,11 +28,12 @@ from duet_verl.core.protocol import PromptStopRule, RolloutReport
 from duet_verl.core.settings import DuetSettings
 from duet_verl.core.surrogate import PromptSurrogate, group_signal_std, pearson, signal_advantages
 
-__all__ = ["PLAN_TIMING", "UPDATE_TIMING", "DuetController", "StepObservation", "StepPlan"]
+__all__ = ["IO_TIMING", "PLAN_TIMING", "UPDATE_TIMING", "DuetController", "StepObservation", "StepPlan"]
 
 # DUET's own time in a training step, logged by the trainer beside verl's timing_s/* (the quickstart reports their
-# share of timing_s/step)
-PLAN_TIMING, UPDATE_TIMING = "timing_s/duet_plan", "timing_s/duet_update"
+# share of timing_s/step), and the TransferQueue reads and writes of DUET's advantage stage, logged apart (verl's own
+# advantage stage moves the same data: its timing_s/adv holds both)
+PLAN_TIMING, UPDATE_TIMING, IO_TIMING = "timing_s/duet_plan", "timing_s/duet_update", "timing_s/duet_io"
 
 logger = logging.getLogger(__name__)
 

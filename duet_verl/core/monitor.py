@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
@@ -245,6 +245,38 @@ class StopAbortMonitor:
         if self._t < self._next_check:
             return _CONTINUE
         return self._checkpoint()
+
+    def advance(
+        self, count: int, text_of: Callable[[int], str], top_of: Callable[[int], Sequence[float]] | None
+    ) -> Action:
+        """Feed every token up to the ``count``-th at once, reading only what a decision needs (a server's one call
+        per output of the engine). Tokens before a check or after the monitor went idle are skipped; at a check
+        ``text_of(end)`` gives the text of the tokens after the last text read, up to ``end`` tokens; where log-probs
+        are read (:attr:`reads_signal`), ``top_of(i)`` gives token ``i``'s top-k log-probs (0-based, descending).
+        Returns the first non-continue action (:attr:`tokens_seen` is then where it was taken). Without log-probs
+        (``top_of=None``) it stops before the first token whose log-probs would be read, with :attr:`tokens_seen`
+        < ``count``. The decisions are those of :meth:`on_token` fed every token."""
+        while self._t < count:
+            t = self._t
+            if self._mode == _ARMED:  # phase B: every token's log-probs, no text
+                if top_of is None:
+                    return _CONTINUE
+                while self._t < count and self._mode == _ARMED:
+                    action = self.on_token("", top_of(self._t))
+                    if action is not _CONTINUE:
+                        return action
+                continue
+            quiet = self.quiet_until
+            if quiet > t:
+                self._t = min(quiet, count)
+                continue
+            reads = self.reads_signal
+            if reads and top_of is None:
+                return _CONTINUE
+            action = self.on_token(text_of(t + 1) if self.text_due else "", top_of(t) if reads else ())
+            if action is not _CONTINUE:
+                return action
+        return _CONTINUE
 
     @property
     def quiet_until(self) -> int:

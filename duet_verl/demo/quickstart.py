@@ -355,7 +355,7 @@ def progress_line(row: dict[str, Any], steps: int) -> str:
 
 def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
     """The summary entry of one run: tokens, accuracy (curve), time, stop/abort rates."""
-    from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING
+    from duet_verl.core.controller import IO_TIMING, PLAN_TIMING, UPDATE_TIMING
 
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "duet/tokens_generated" in r.get("data", {})]
     tokens_by_step = {int(r["step"]): float(r["data"]["duet/tokens_generated"]) for r in rows}
@@ -386,12 +386,15 @@ def summarize_run(policy: Policy, run_dir: Path, wall: float) -> dict[str, Any]:
         "wall_clock_s": wall,
         "train_time_s": sum(float(r["data"].get("timing_s/step", 0.0)) for r in rows),
         "gen_time_s": sum(float(r["data"].get("timing_s/gen", 0.0)) for r in rows),
-        # DUET's plan + advantage/update time as a share of verl's step time (None for GRPO)
-        "duet_overhead_share": _duet_share(rows),
-        # medians per step: verl's step, its advantage stage (DUET's replaces GRPO's there), DUET's plan + update
+        # DUET's own work (plan + update) as a share of verl's step time, and its TransferQueue reads and writes
+        # (data movement verl's own advantage stage does too) as another (None for GRPO)
+        "duet_overhead_share": _share_of_step(rows, (PLAN_TIMING, UPDATE_TIMING)),
+        "duet_io_share": _share_of_step(rows, (IO_TIMING,)),
+        # medians per step: verl's step, its advantage stage (DUET's replaces GRPO's there), DUET's plan and whole
+        # advantage stage (its own work and the TransferQueue reads and writes)
         "step_s_median": _median_of(rows, ("timing_s/step",)),
         "advantage_s_median": _median_of(rows, ("timing_s/adv",)),
-        "duet_s_median": _median_of(rows, (PLAN_TIMING, UPDATE_TIMING)),
+        "duet_s_median": _median_of(rows, (PLAN_TIMING, UPDATE_TIMING, IO_TIMING)),
         "abort_rate": mean_of("duet/rate_aborted"),
         "marker_stop_rate": mean_of("duet/rate_stopped_after_marker"),
         "eps_kept_rate": mean_of("duet/rate_eps_kept"),
@@ -414,7 +417,8 @@ def _median_of(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> float | Non
 
 def _duet_net_share(runs: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]] | None) -> float | None:
     """DUET's time beyond what verl's own GRPO advantage stage costs on the same seed, as a share of a step (mean over
-    seeds): ``(plan + update − GRPO's advantage stage) / step``, medians per step. ``None`` without both."""
+    seeds): ``(plan + update + TransferQueue reads and writes − GRPO's advantage stage) / step``, medians per step.
+    ``None`` without both."""
     shares = []
     for seed, run in runs.items():
         base = (baseline or {}).get(seed, {})
@@ -423,13 +427,12 @@ def _duet_net_share(runs: dict[int, dict[str, Any]], baseline: dict[int, dict[st
     return sum(shares) / len(shares) if shares else None
 
 
-def _duet_share(rows: list[dict[str, Any]]) -> float | None:
-    from duet_verl.core.controller import PLAN_TIMING, UPDATE_TIMING
-
-    timed = [r["data"] for r in rows if UPDATE_TIMING in r["data"]]
+def _share_of_step(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> float | None:
+    """The summed time of ``keys`` over the steps that logged them, as a share of those steps' ``timing_s/step``."""
+    timed = [r["data"] for r in rows if all(k in r["data"] for k in keys)]
     step = sum(float(d.get("timing_s/step", 0.0)) for d in timed)
-    duet = sum(float(d[PLAN_TIMING]) + float(d[UPDATE_TIMING]) for d in timed)
-    return duet / step if timed and step > 0 else None
+    spent = sum(float(d[k]) for d in timed for k in keys)
+    return spent / step if timed and step > 0 else None
 
 
 BASELINE = "grpo@1"  # the policy every other one is compared with, seed by seed
@@ -490,6 +493,7 @@ def aggregate_runs(
         "marker_stop_rate": mean_of("marker_stop_rate"),
         "eps_kept_rate": mean_of("eps_kept_rate"),
         "duet_overhead_share": mean_of("duet_overhead_share"),
+        "duet_io_share": mean_of("duet_io_share"),
         "duet_net_share": _duet_net_share(runs, baseline),
         "score_mismatch": sum(r["score_mismatch"] for r in ordered),
         "accuracy_curve": curve,
@@ -561,6 +565,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ("aborted", 9, lambda r: fmt(r["abort_rate"], ".0%")),
         ("stopped", 9, lambda r: fmt(r["marker_stop_rate"], ".0%")),
         ("duet time", 11, lambda r: fmt(r.get("duet_overhead_share"), ".2%")),
+        ("duet io", 9, lambda r: fmt(r.get("duet_io_share"), ".2%")),
         ("duet net", 10, lambda r: fmt(r.get("duet_net_share"), ".2%")),
     ]
     header = "".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w, _) in enumerate(columns))

@@ -22,7 +22,11 @@ line is one JSON object: ``vllm_plain_tok_s``, ``vllm_duet_tok_s``, ``vllm_throu
 ``vllm_logprobs2_flat_ratio``, ``vllm_firing_tok_s``, ``vllm_duet_marker_tok_s`` and ``vllm_duet_marker_ratio`` (÷
 plain), ``vllm_segments`` (engine requests per rollout of each DUET variant: 1 lean, 2 continued),
 ``server_monitor_ns_per_token`` (DUET's own time per monitored token inside the wrapper, over ``duet`` and
-``duet_firing``; ``server_monitor_ns_per_token_by_variant`` per variant), ``vllm_duet_marker_lengths`` and
+``duet_firing``; ``server_monitor_ns_per_token_by_variant`` per variant: the last round's engine streams, recorded as
+the wrapper received them, replayed through the wrapper while the engine is idle, median of 5 replays, which must return
+the live run's rollouts), ``server_monitor_wall_ns_per_token`` (and ``_by_variant``: the same time measured live over
+all rounds, wall-clock, so on a machine whose cores the engine keeps busy it includes the monitor being descheduled),
+``vllm_duet_marker_lengths`` and
 ``vllm_firing_lengths`` (shortest and longest returned rollout; the firing ones are equal when every abort is cut at its
 decision, with or without async scheduling; tokens the engine computed ahead and threw away are not counted),
 ``device``, ``model`` and the sizes.
@@ -34,14 +38,16 @@ processor would compute it) on the same device, for comparison with ``server_mon
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from duet_verl.adapters.stream_monitor import monitored_generate
 from duet_verl.core.markers import MarkerSpec
 from duet_verl.core.monitor import StopRuleConfig
 from duet_verl.core.protocol import RolloutStopRule
@@ -107,6 +113,56 @@ def _rule(eos_token_id: int, max_tokens: int, variant: str) -> Any:
         markers=any_text if variant == "duet_marker" else MarkerSpec(domains=("math",)),
     )
     return MonitoredRequest(RolloutStopRule(config, eos_token_id, 2))
+
+
+@dataclass
+class _Stream:
+    """One engine stream as DUET's wrapper received it: the prompt, each output's token count and the last output."""
+
+    prompt: dict[str, Any]
+    counts: list[int] = field(default_factory=list)
+    last: Any = None
+
+    def outputs(self) -> list[Any]:
+        """The stream's outputs again, each a copy of the last with the tokens it had then."""
+        completion, ids = self.last.outputs[0], list(self.last.outputs[0].token_ids)
+        rebuilt = []
+        for k, count in enumerate(self.counts):
+            final = k == len(self.counts) - 1
+            part = copy.copy(completion)
+            part.token_ids = ids[:count]
+            part.finish_reason = completion.finish_reason if final else None
+            output = copy.copy(self.last)
+            output.outputs, output.finished = [part], final and self.last.finished
+            rebuilt.append(output)
+        return rebuilt
+
+
+class _Recorder:
+    """An engine's ``generate`` that records every stream (:class:`_Stream`, by request id) while passing it on, and
+    replays the recorded streams as an engine that is not there."""
+
+    def __init__(self, engine_generate):
+        self._engine = engine_generate
+        self.streams: dict[str, _Stream] = {}
+        self.returned: list[tuple[int, ...]] = []  # the rollouts the server got back, sorted (set by the bench)
+
+    async def generate(self, prompt, params, request_id, *args, **kwargs):
+        stream = self.streams[request_id] = _Stream(prompt)
+        async for output in self._engine(prompt, params, request_id, *args, **kwargs):
+            stream.counts.append(len(output.outputs[0].token_ids))
+            stream.last = output
+            yield output
+
+    def replaying(self):
+        """An engine ``generate`` that yields each recorded stream's outputs (rebuilt before any is asked for)."""
+        rebuilt = {request_id: stream.outputs() for request_id, stream in self.streams.items()}
+
+        async def generate(prompt, params, request_id, *args, **kwargs):
+            for output in rebuilt[request_id]:
+                yield output
+
+        return generate
 
 
 def _device() -> str:
@@ -201,15 +257,24 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
     firing_lengths: list[int] = []
     marker_lengths: list[int] = []
     segments: dict[str, list[int]] = {v: [] for v in VARIANTS if v.startswith("duet")}
+    recorded: dict[str, _Recorder] = {}  # each DUET variant's batch of the last round, as the wrapper received it
+    tokenizer = harness.llm.tokenizer
 
-    async def batch(variant: str) -> tuple[float, int, int]:
+    async def batch(variant: str, record: bool = False) -> tuple[float, int, int]:
         """(seconds, generated tokens, monitor ns) of one batch of the variant."""
         params = {"logprobs2": logprobs2, "logprobs2_flat": logprobs2_flat}.get(variant, plain)
         rules = [_rule(eos, cfg.max_tokens, variant) if variant.startswith("duet") else None for _ in prompts]
+        generate = None
+        if record and variant in segments:
+            recorded[variant] = _Recorder(harness.llm.generate)
+            generate = monitored_generate(recorded[variant].generate, tokenizer=tokenizer)
         start = time.perf_counter()
-        done = await asyncio.gather(*(harness.one(p, params, r) for p, r in zip(prompts, rules, strict=True)))
+        requests = (harness.one(p, params, r, generate) for p, r in zip(prompts, rules, strict=True))
+        done = await asyncio.gather(*requests)
         seconds = time.perf_counter() - start
         lengths = [len(final.outputs[0].token_ids) for final, _ in done]
+        if variant in recorded and generate is not None:
+            recorded[variant].returned = sorted(tuple(final.outputs[0].token_ids) for final, _ in done)
         if variant == "duet_firing":
             firing_lengths.extend(lengths)
         if variant == "duet_marker":
@@ -223,7 +288,7 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
     runs: dict[str, list[tuple[float, int, int]]] = {v: [] for v in VARIANTS}
     for round_index in range(cfg.rounds):
         for variant in VARIANTS[round_index % len(VARIANTS) :] + VARIANTS[: round_index % len(VARIANTS)]:
-            runs[variant].append(harness.run(batch(variant), timeout=1800))
+            runs[variant].append(harness.run(batch(variant, record=round_index == cfg.rounds - 1), timeout=1800))
         rates = {v: runs[v][-1][1] / runs[v][-1][0] for v in VARIANTS}
         log(f"round {round_index + 1}/{cfg.rounds}: " + ", ".join(f"{v} {r:,.0f} tok/s" for v, r in rates.items()))
     if harness.unfinished():
@@ -231,6 +296,11 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
     tok_s = {v: statistics.median(t / s for s, t, _ in runs[v]) for v in VARIANTS}
     paired = (runs["duet"], runs["plain"])  # the same round's batches, run back to back
     monitored = [(ns, t) for v in ("duet", "duet_firing") for _, t, ns in runs[v]]
+    replayed = {v: _replay(harness, recorder, plain, eos, cfg, tokenizer, v) for v, recorder in recorded.items()}
+    log(
+        "replayed the last round's DUET streams with the engine idle: "
+        + ", ".join(f"{v} {ns:,.0f} ns/token" for v, (ns, _) in replayed.items())
+    )
     return {
         "vllm_plain_tok_s": round(tok_s["plain"], 1),
         "vllm_logprobs2_tok_s": round(tok_s["logprobs2"], 1),
@@ -243,8 +313,16 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
         "vllm_duet_marker_ratio": round(tok_s["duet_marker"] / tok_s["plain"], 4),
         "vllm_logprobs2_ratio": round(tok_s["logprobs2"] / tok_s["plain"], 4),
         "vllm_logprobs2_flat_ratio": round(tok_s["logprobs2_flat"] / tok_s["plain"], 4),
-        "server_monitor_ns_per_token": round(sum(ns for ns, _ in monitored) / max(sum(t for _, t in monitored), 1), 1),
-        "server_monitor_ns_per_token_by_variant": {
+        "server_monitor_ns_per_token": round(
+            sum(ns * t for v, (ns, t) in replayed.items() if v != "duet_marker")
+            / max(sum(t for v, (_, t) in replayed.items() if v != "duet_marker"), 1),
+            1,
+        ),
+        "server_monitor_ns_per_token_by_variant": {v: round(ns, 1) for v, (ns, _) in replayed.items()},
+        "server_monitor_wall_ns_per_token": round(
+            sum(ns for ns, _ in monitored) / max(sum(t for _, t in monitored), 1), 1
+        ),
+        "server_monitor_wall_ns_per_token_by_variant": {
             v: round(sum(ns for _, _, ns in runs[v]) / max(sum(t for _, t, _ in runs[v]), 1), 1) for v in segments
         },
         "vllm_firing_lengths": [min(firing_lengths), max(firing_lengths)],
@@ -254,6 +332,31 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
         "max_tokens": cfg.max_tokens,
         "rounds": cfg.rounds,
     }
+
+
+def _replay(harness, recorder: _Recorder, params, eos: int, cfg: VllmBenchConfig, tokenizer, variant: str, repeats=5):
+    """DUET's own time per token on a recorded batch of ``variant``: its streams, as the engine produced them, fed
+    again through DUET's wrapper with fresh rules while the engine is idle (the time inside the monitor's ``update``,
+    without the descheduling that a machine busy with the engine adds to the live measurement). Returns (median
+    ns per token over ``repeats``, tokens per replay)."""
+    replay = monitored_generate(recorder.replaying(), tokenizer=tokenizer)
+    top = {rid: stream for rid, stream in recorder.streams.items() if not rid.endswith("-duet")}
+    rates, tokens = [], 0
+
+    async def replay_all(rules: dict[str, Any]) -> list[Any]:
+        prompts = {rid: stream.prompt["prompt_token_ids"] for rid, stream in top.items()}
+        return await asyncio.gather(
+            *(harness.one(prompts[rid], params, rule, replay, request_id=rid) for rid, rule in rules.items())
+        )
+
+    for _ in range(repeats):
+        rules = {rid: _rule(eos, cfg.max_tokens, variant) for rid in top}
+        done = harness.run(replay_all(rules))
+        if sorted(tuple(final.outputs[0].token_ids) for final, _ in done) != recorder.returned:
+            raise RuntimeError(f"replaying {variant}'s streams returned other rollouts than the engine run did")
+        tokens = sum(len(final.outputs[0].token_ids) for final, _ in done)
+        rates.append(sum(r.monitor_ns for r in rules.values()) / max(tokens, 1))
+    return statistics.median(rates), tokens
 
 
 def in_engine_signal_cost(batch: int, vocab: int = QWEN3_VOCAB, repeats: int = 30) -> dict[str, float]:

@@ -49,13 +49,17 @@ class EngineHarness:
         self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
-    async def one(self, prompt_ids: list[int], params, request: MonitoredRequest | None):
-        """One request through DUET's engine wrapper, as the server runs it: (final output, request)."""
-        request_id = uuid.uuid4().hex
+    async def one(
+        self, prompt_ids: list[int], params, request: MonitoredRequest | None, generate=None, request_id: str = ""
+    ):
+        """One request through DUET's engine wrapper, as the server runs it: (final output, request). ``generate``
+        replaces the wrapped engine (e.g. the wrapper around a recorder of the engine's streams)."""
+        request_id = request_id or uuid.uuid4().hex
+        generate = generate or self.generate
 
         async def produce():
             final = None
-            async for final in self.generate({"prompt_token_ids": prompt_ids}, params, request_id):
+            async for final in generate({"prompt_token_ids": prompt_ids}, params, request_id):
                 pass
             return _Produced(final, {})
 

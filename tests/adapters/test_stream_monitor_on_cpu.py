@@ -238,25 +238,6 @@ def test_a_planned_rule_aborts_a_marker_less_stream_at_k2_plus_grace():
     assert final.outputs[0].token_ids == list(range(int(0.7 * 20) + 3)) and engine.closed
 
 
-@pytest.mark.parametrize("span", [1, 3, 8])
-def test_span_decoder_rebuilds_the_text_vllm_would_show(tiny_assets, span):
-    from transformers import AutoTokenizer
-
-    from duet_verl.adapters.stream_monitor import SpanDecoder
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_assets[0])
-    prompt = tokenizer.encode("Q: 12+30=")
-    text = "So x = 42 — ü∑ \\boxed{42} " * 3  # multi-byte characters split over byte-level tokens
-    ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
-    decoder = SpanDecoder.of(tokenizer, prompt)
-    pieces = [decoder.text(ids, min(end, len(ids))) for end in range(span, len(ids) + span, span)]
-    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True) == text
-    if span == 1:
-        assert "" in pieces  # a character's first bytes add no text until it is complete
-    assert len(decoder._ids) <= 2 * span + SpanDecoder.CONTEXT  # only the last span is kept as context
-    assert SpanDecoder.of(object(), prompt) is None  # no fast backend: vLLM detokenizes instead
-
-
 @pytest.mark.parametrize("per_output", [1, 5])
 def test_skipping_unread_tokens_takes_the_same_decisions_as_feeding_every_one(per_output):
     """The monitor fed through the stream (tokens before a check skipped, text only at checks) decides exactly as
@@ -321,18 +302,20 @@ class ByteBackend:
         return bytes(ids).decode("utf-8", errors="replace")
 
 
-def test_a_check_inside_a_multi_byte_character_still_sees_the_text_before_it():
+@pytest.mark.parametrize("decoder", ["span", "byte_table"])
+def test_a_check_inside_a_multi_byte_character_still_sees_the_text_before_it(decoder):
     """The check at the deadline falls between the bytes of "中": the marker before it must still be seen there
     (handing out nothing for the whole span would abort this rollout), exactly as per-token decoding sees it."""
     from types import SimpleNamespace
 
-    from duet_verl.adapters.stream_monitor import SpanDecoder
+    from duet_verl.adapters.token_text import ByteSpanDecoder, SpanDecoder
     from duet_verl.core.monitor import StopAbortMonitor
 
     ids = list(("x" * 10 + "\\boxed{1}" + "中").encode())
     config = dict(k1=0, k2=20, threshold=0.5, min_tokens=0, grace=0, check_every=4, hysteresis=1, eps_abort=1e-9)
     request = monitored(**config)
-    request.decoder = SpanDecoder(ByteBackend(), [])
+    table = [bytes([b]) for b in range(256)]
+    request.decoder = SpanDecoder(ByteBackend(), []) if decoder == "span" else ByteSpanDecoder(table)
     positions = [{t: Logprob(-0.01, 1, None), 1000: Logprob(-5.0, 2, None)} for t in ids]
     request.update(SimpleNamespace(token_ids=ids, logprobs=positions))
     reference, shown = StopAbortMonitor(StopRuleConfig(**rule(**config))), ""
@@ -344,16 +327,6 @@ def test_a_check_inside_a_multi_byte_character_still_sees_the_text_before_it():
             break
     assert reference.record.outcome is Outcome.STOPPED_AFTER_MARKER and reference.record.marker_at == 20
     assert request.monitor.record == reference.record and request.decided_at == k + 1
-
-
-def test_span_decoder_hands_out_a_lone_replacement_character_after_a_few_tokens():
-    from duet_verl.adapters.stream_monitor import SpanDecoder
-
-    ids = list(b"ab\xffcd\xe4\xb8")  # a stray byte, then a character cut at the end
-    decoder = SpanDecoder(ByteBackend(), [])
-    assert decoder.text(ids, 3) == "ab"  # "\xff" may still become a character: held back
-    assert decoder.text(ids, 7) == "\ufffdcd"  # it did not: handed out; the cut "中" stays held
-    assert decoder.text(ids + [0xAD], 8) == "中"
 
 
 def lean_run(tokenizer, script, lean: bool, per_output: int = 1, fail_close: bool = False, seed: int | None = None):
@@ -462,11 +435,12 @@ def test_a_request_a_split_would_change_reads_logprobs_from_its_first_token(tiny
     same request without it runs lean (the control)."""
     from vllm import SamplingParams
 
-    from duet_verl.adapters.stream_monitor import SpanDecoder, _lean_capable
+    from duet_verl.adapters.stream_monitor import _lean_capable
+    from duet_verl.adapters.token_text import TokenTexts
 
     tokenizer = tiny_assets[1]
     request = monitored(k1=4, k2=40, min_tokens=2, grace=4, check_every=4, hysteresis=3)
-    request.decoder = SpanDecoder.of(tokenizer, [1, 2])
+    request.decoder = TokenTexts(tokenizer).decoder([1, 2])
     prompt = {"prompt_token_ids": [1, 2], "multi_modal_data": {}}
     assert _lean_capable(prompt, SamplingParams(max_tokens=64, logprobs=0), request)
     assert not _lean_capable(prompt, SamplingParams(max_tokens=64, logprobs=0, **setting), request)

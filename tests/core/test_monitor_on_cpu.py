@@ -186,3 +186,80 @@ def test_config_round_trips_through_plain_dict_and_validates():
 def test_bad_config_raises_value_error_naming_key(kw, match):
     with pytest.raises(ValueError, match=match):
         config(**kw)
+
+
+def _feed_in_chunks(monitor, script, cuts, lean: bool):
+    """Feed ``script`` through :meth:`StopAbortMonitor.advance`, one call per chunk ending at each of ``cuts``, the
+    text of a check being the texts since the last one read; ``lean``: without log-probs until they are read, then
+    with them from there on (a continued request). Returns (action, tokens seen, where the lean part ended)."""
+    read = [0]
+
+    def text_of(end):
+        text, read[0] = "".join(t for t, _ in script[read[0] : end]), end
+        return text
+
+    def top_of(i):
+        return script[i][1]
+
+    resumed_at = None
+    for cut in cuts:
+        action = monitor.advance(cut, text_of, None if lean else top_of)
+        if lean and action is Action.CONTINUE and monitor.tokens_seen < cut:  # reached a token whose log-probs are read
+            assert monitor.reads_signal
+            resumed_at, lean = monitor.tokens_seen, False
+            action = monitor.advance(cut, text_of, top_of)
+        if action is not Action.CONTINUE:
+            return action, monitor.tokens_seen, resumed_at
+    return Action.CONTINUE, monitor.tokens_seen, resumed_at
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_advancing_per_output_decides_as_feeding_every_token(lean):
+    """Random rules (with and without ARRoL's probe) and random streams cut into random outputs: :meth:`advance`
+    takes the same decision at the same token, with the same record, as :meth:`on_token` fed every token; lean, it
+    stops exactly at the first token whose log-probs the rule reads."""
+    from duet_verl.core.probe import PROBE_FEATURES, ProbeRule
+
+    rng = RolloutRandom(7)
+    pieces = ["x", "yz", "\\bo", "xed{", "4", "}", " ", "ü"]
+    for case in range(300):
+        k1 = int(rng.uniform() * 30)
+        probe = None
+        if case % 3 == 0:
+            keep = 0.5
+            probe = ProbeRule(1 + int(rng.uniform() * 40), (0.0,) * len(PROBE_FEATURES), 0.0, keep, keep)
+        cfg = config(
+            k1=k1,
+            k2=k1 + int(rng.uniform() * 40),
+            min_tokens=int(rng.uniform() * 20),
+            grace=int(rng.uniform() * 10),
+            check_every=1 + int(rng.uniform() * 8),
+            hysteresis=1 + int(rng.uniform() * 4),
+            eps_len=0.3,
+            eps_abort=0.3,
+            seed=case,
+            probe=probe,
+            stop_abort=case % 7 != 0,
+        )
+        script = [
+            (pieces[int(rng.uniform() * len(pieces))], CONFIDENT if rng.uniform() < 0.6 else UNSURE) for _ in range(120)
+        ]
+        reference = StopAbortMonitor(cfg)
+        first_read = next((i for i in range(len(script)) if _reads_at(cfg, script, i)), None)
+        expected = run(reference, script)
+        cuts = sorted({1 + int(rng.uniform() * len(script)) for _ in range(int(rng.uniform() * 30))} | {len(script)})
+        monitor = StopAbortMonitor(cfg)
+        action, seen, resumed_at = _feed_in_chunks(monitor, script, cuts, lean)
+        assert (action, seen) == expected and monitor.record == reference.record, case
+        if lean and resumed_at is not None:
+            assert resumed_at == first_read, case
+
+
+def _reads_at(cfg, script, i) -> bool:
+    """Whether a monitor fed the first ``i`` tokens of ``script`` one by one reads token ``i``'s log-probs (and has not
+    decided before it)."""
+    monitor = StopAbortMonitor(cfg)
+    for text, top in script[:i]:
+        if monitor.on_token(text, top) is not Action.CONTINUE:
+            return False
+    return monitor.reads_signal

@@ -16,6 +16,7 @@ from duet_verl.demo.quickstart import (
     plot_accuracy,
     policy_overrides,
     step0_spread,
+    summarize_run,
 )
 from duet_verl.demo.stats import auc_tokens, mean_ci95, paired_difference
 
@@ -194,3 +195,39 @@ def test_an_interrupted_experiment_reuses_only_runs_that_finished_with_the_same_
     assert quickstart.run_policy(policy, cfg, paths, tmp_path) == run
     other = quickstart.policy_overrides(policy, replace(cfg, steps=3), paths, tmp_path)
     assert quickstart.finished_run(tmp_path, [quickstart.sys.executable, "-m", "duet_verl.main", *other]) is None
+
+
+def test_summarize_run_splits_duets_own_time_from_its_transfer_queue_io(tmp_path):
+    """The trainer logs DUET's own work (plan, update) apart from its TransferQueue reads and writes: the overhead share
+    counts only the former, the whole-stage median (for the net share against GRPO's advantage stage) all three."""
+    steps = [  # (plan, update, io, step)
+        (0.002, 0.004, 0.060, 5.0),
+        (0.003, 0.006, 0.070, 6.0),
+        (0.001, 0.002, 0.050, 4.0),
+    ]
+    rows = [
+        {
+            "step": i + 1,
+            "data": {
+                "duet/tokens_generated": 100.0,
+                "timing_s/duet_plan": plan,
+                "timing_s/duet_update": update,
+                "timing_s/duet_io": io,
+                "timing_s/step": step,
+                "timing_s/adv": plan + update + io,
+            },
+        }
+        for i, (plan, update, io, step) in enumerate(steps)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    entry = summarize_run(parse_policy("duet@0.5"), tmp_path, wall=20.0)
+    assert entry["duet_overhead_share"] == pytest.approx((0.006 + 0.009 + 0.003) / 15.0)
+    assert entry["duet_io_share"] == pytest.approx(0.18 / 15.0)
+    assert entry["duet_s_median"] == pytest.approx(0.066)
+    assert entry["step_s_median"] == 5.0 and entry["steps"] == 3
+    for row in rows:  # a GRPO run logs none of DUET's timings
+        for key in ("timing_s/duet_plan", "timing_s/duet_update", "timing_s/duet_io"):
+            del row["data"][key]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    entry = summarize_run(parse_policy("grpo@1.0"), tmp_path, wall=20.0)
+    assert entry["duet_overhead_share"] is None and entry["duet_io_share"] is None and entry["duet_s_median"] is None

@@ -33,8 +33,12 @@ def test_bench_with_vllm_prints_every_key_last():
     assert result["vllm_logprobs2_ratio"] == pytest.approx(result["vllm_logprobs2_tok_s"] / plain, 1e-3)
     assert result["vllm_logprobs2_flat_ratio"] == pytest.approx(result["vllm_logprobs2_flat_tok_s"] / plain, 1e-3)
     assert result["vllm_firing_tok_s"] > 0
-    assert result["server_monitor_ns_per_token"] > 0  # the monitor ran on every DUET request
-    assert set(result["server_monitor_ns_per_token_by_variant"]) == {"duet", "duet_marker", "duet_firing"}
+    # the monitor ran on every DUET request: its own time live (wall-clock), and on the last round's streams replayed
+    # with the engine idle (the replay returned exactly the rollouts of the live run, or the bench would have failed)
+    for key in ("server_monitor_ns_per_token", "server_monitor_wall_ns_per_token"):
+        assert result[key] > 0, key
+        assert set(result[f"{key}_by_variant"]) == {"duet", "duet_marker", "duet_firing"}
+    assert any(line.startswith("[bench --vllm] replayed the last round's DUET streams") for line in lines)
     low, high = result["vllm_firing_lengths"]
     assert low == high == 48 // 2 + 8  # every firing rollout is cut at its decision, K2 + grace, none at the cap
     # the never-firing rollouts ran lean in one engine request each; those with a marker were continued once from
