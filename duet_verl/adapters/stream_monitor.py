@@ -106,6 +106,32 @@ def top_logprobs_of(position: dict[int, Any], k: int) -> list[float]:
 class MonitoredRequest:
     """The monitor of one request plus what the server must report back."""
 
+    __slots__ = (  # read on every engine output
+        "eos_token_id",
+        "top_k",
+        "needs_text",
+        "max_tokens",
+        "monitor",
+        "seen",
+        "decision",
+        "decided_at",
+        "synthetic_eos",
+        "abort_failed",
+        "monitor_ns",
+        "decoder",
+        "has_signal",
+        "resume_at",
+        "offset",
+        "segments",
+        "_head_ids",
+        "_head_logprobs",
+        "_head_output",
+        "_quiet",
+        "_text_end",
+        "_top_source",
+        "_top_of",
+    )
+
     def __init__(self, rule: RolloutStopRule):
         self.eos_token_id = rule.eos_token_id
         self.top_k = rule.top_logprobs

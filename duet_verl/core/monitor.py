@@ -341,7 +341,10 @@ class StopAbortMonitor:
     def _scan_pending(self) -> bool:
         text = "".join(self._pending)
         self._pending.clear()
-        return any(detector.feed(text) for detector in self._detectors)
+        for detector in self._detectors:  # a loop, not any(<generator>): this runs at every check
+            if detector.feed(text):
+                return True
+        return False
 
     def _checkpoint(self) -> Action:
         cfg = self.config
