@@ -171,14 +171,12 @@ class MonitoredRequest:
             self.monitor_ns += _clock() - start
             return _CONTINUE
         monitor, logprobs = self.monitor, completion.logprobs
-        lag = self.seen - monitor.tokens_seen  # tokens the cheap path passed without the monitor
-        if lag > 0:
-            monitor.skip(lag)
+        self._sync()
         top_of = None
         if self.has_signal:
             if logprobs is None:
                 raise RuntimeError("DUET's stop rule needs per-token log-probs from the engine, which returned none")
-            if logprobs is not self._top_source:  # vLLM grows one log-prob container per request: read it alike
+            if logprobs is not self._top_source:  # a segment's first output (vLLM then grows that container)
                 self._top_source, self._top_of = logprobs, self._top_reader(logprobs)
             top_of = self._top_of
         action = monitor.advance(count, lambda end: self._text(completion, end), top_of)

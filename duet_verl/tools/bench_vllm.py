@@ -273,7 +273,7 @@ def _measure(harness, cfg: VllmBenchConfig, eos: int, sampling_params, log) -> d
         done = await asyncio.gather(*requests)
         seconds = time.perf_counter() - start
         lengths = [len(final.outputs[0].token_ids) for final, _ in done]
-        if variant in recorded and generate is not None:
+        if generate is not None:
             recorded[variant].returned = sorted(tuple(final.outputs[0].token_ids) for final, _ in done)
         if variant == "duet_firing":
             firing_lengths.extend(lengths)
